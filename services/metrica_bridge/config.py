@@ -1,0 +1,154 @@
+"""Service configuration (DESIGN.md §6).
+
+Environment variables are the contract; a YAML file (``--config`` or ``METRICA_BRIDGE_CONFIG``)
+may add to them, and the environment wins. Any librdkafka property can be passed as
+``KAFKA_<PROPERTY>`` with dots written as underscores.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from metrica_bridge.events import EventKind
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+# Settings of ours that start with KAFKA_ but are not librdkafka properties.
+_NOT_LIBRDKAFKA = {"KAFKA_BOOTSTRAP_SERVERS"}
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot work; the message names the variable, never a secret."""
+
+
+def librdkafka_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """``KAFKA_SESSION_TIMEOUT_MS=6000`` → ``{"session.timeout.ms": "6000"}``."""
+    props: dict[str, str] = {}
+    for name, value in environ.items():
+        if name.startswith("KAFKA_") and name not in _NOT_LIBRDKAFKA:
+            props[name[len("KAFKA_") :].lower().replace("_", ".")] = value
+    return props
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_properties: dict[str, str] = Field(default_factory=dict)
+    schema_registry_url: str | None = None
+    schemas_dir: Path = PROJECT_ROOT / "schemas"
+
+    metrica_api_url: str = "https://api-metrika.yandex.net"
+    metrica_counter_id: int | None = None
+    metrica_token: SecretStr | None = None
+    metrica_token_file: Path | None = None
+    metrica_timezone: str | None = None
+
+    store_url: str = "sqlite:///metrica-bridge.db"
+    status_map_file: Path | None = None
+    metrics_port: int = 9108
+
+    topic_lead_created: str = EventKind.LEAD_CREATED.value
+    topic_deal_status_changed: str = EventKind.DEAL_STATUS_CHANGED.value
+    topic_payment_received: str = EventKind.PAYMENT_RECEIVED.value
+    consumer_group_prefix: str = "metrica-bridge"
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # Tuning knobs of our own (documented in the README's configuration table).
+    create_topics: bool = True
+    hash_identifiers: bool = False
+    worker_concurrency: int = Field(default=64, ge=1)
+    max_in_flight_events: int = Field(default=20_000, ge=1)
+    batch_max_records: int = Field(default=1_000, ge=1)
+    batch_max_bytes: int = Field(default=2_000_000, ge=1_000)
+    batch_linger_ms: int = Field(default=2_000, ge=0)
+    metrica_max_parallel: int = Field(default=3, ge=1, le=3)
+    metrica_requests_per_second: float = Field(default=5.0, gt=0)
+    metrica_daily_budget: int = Field(default=5_000, ge=1)
+    metrica_timeout_s: float = Field(default=30.0, gt=0)
+    retry_budget_s: float = Field(default=300.0, ge=0)
+    retry_max_attempts: int = Field(default=12, ge=1)
+    park_max_wait_s: float = Field(default=3_600.0, ge=0)
+    commit_interval_ms: int = Field(default=1_000, ge=10)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    ledger_retention_days: int = Field(default=30, ge=1)
+
+    @field_validator("kafka_properties", mode="before")
+    @classmethod
+    def _no_direct_props(cls, value: Any) -> Any:
+        return value or {}
+
+    @model_validator(mode="after")
+    def _read_token_file(self) -> Settings:
+        if self.metrica_token is None and self.metrica_token_file is not None:
+            try:
+                token = self.metrica_token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"METRICA_TOKEN_FILE cannot be read: {exc.strerror or type(exc).__name__}"
+                ) from None
+            self.metrica_token = SecretStr(token)
+        return self
+
+    def topics(self) -> dict[EventKind, str]:
+        return {
+            EventKind.LEAD_CREATED: self.topic_lead_created,
+            EventKind.DEAL_STATUS_CHANGED: self.topic_deal_status_changed,
+            EventKind.PAYMENT_RECEIVED: self.topic_payment_received,
+        }
+
+    def kind_of_topic(self, topic: str) -> EventKind:
+        for kind, name in self.topics().items():
+            if name == topic:
+                return kind
+        raise ConfigError(f"topic {topic!r} is not one of the configured topics")
+
+    def group_id(self, kind: EventKind) -> str:
+        return f"{self.consumer_group_prefix}.{self.topics()[kind]}"
+
+    def kafka_common(self) -> dict[str, str]:
+        """Properties applied to every consumer and producer the service creates."""
+        return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_properties}
+
+    def require_metrica(self) -> tuple[int, SecretStr]:
+        if self.metrica_counter_id is None:
+            raise ConfigError("METRICA_COUNTER_ID is not set")
+        if self.metrica_token is None or not self.metrica_token.get_secret_value():
+            raise ConfigError("METRICA_TOKEN or METRICA_TOKEN_FILE is not set")
+        return self.metrica_counter_id, self.metrica_token
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """YAML file < environment < explicit overrides (from CLI flags)."""
+    env = dict(os.environ if environ is None else environ)
+    file_values: dict[str, Any] = {}
+    path = config_file or (
+        Path(env["METRICA_BRIDGE_CONFIG"]) if env.get("METRICA_BRIDGE_CONFIG") else None
+    )
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config file {path} cannot be read: {type(exc).__name__}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping")
+        file_values = {str(k).lower(): v for k, v in loaded.items()}
+    env_values = {k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
+    kafka_props = {
+        **{str(k): str(v) for k, v in (file_values.pop("kafka_properties", None) or {}).items()},
+        **librdkafka_overrides(env),
+    }
+    values = {**file_values, **env_values, **overrides, "kafka_properties": kafka_props}
+    return Settings.model_validate(values)

@@ -1,0 +1,220 @@
+"""Typed CRM domain events (DESIGN.md §2), validated and normalised.
+
+The codec turns bytes into plain Avro records (dicts); :func:`parse_event` turns such a record
+into one of these models or raises :class:`InvalidEvent` with a reason that contains no personal
+data. Identifiers are normalised on the way in (see :mod:`metrica_bridge.normalize`); values that
+cannot be normalised are dropped and counted in ``dropped_identifiers`` rather than failing the
+whole event, because a lead with one mistyped phone still carries a usable ClientID.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from metrica_bridge import normalize
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+NonEmpty = Annotated[str, Field(min_length=1, max_length=255)]
+Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=2)]
+
+
+class EventKind(StrEnum):
+    LEAD_CREATED = "lead-created"
+    DEAL_STATUS_CHANGED = "deal-status-changed"
+    PAYMENT_RECEIVED = "payment-received"
+
+
+class InvalidEvent(ValueError):
+    """A decodable record that breaks the event contract. ``reason`` is safe to log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    if value < _EPOCH:
+        raise ValueError("timestamp before 1970")
+    return value
+
+
+def _currency(value: str | None) -> str:
+    code = (value or "RUB").strip().upper()
+    if not _CURRENCY.match(code):
+        raise ValueError("currency is not an ISO 4217 code")
+    return code
+
+
+class Client(_Model):
+    uniq_id: NonEmpty
+    name: str | None = None
+    phones: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    dropped_identifiers: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "dropped_identifiers" in data:
+            return data
+        raw_phones = [str(p) for p in data.get("phones") or []]
+        raw_emails = [str(e) for e in data.get("emails") or []]
+        phones = [p for p in map(normalize.phone, raw_phones) if p]
+        emails = [e for e in map(normalize.email, raw_emails) if e]
+        dropped = len(raw_phones) - len(phones) + len(raw_emails) - len(emails)
+        return {
+            **data,
+            "phones": tuple(normalize.unique(phones)),
+            "emails": tuple(normalize.unique(emails)),
+            "dropped_identifiers": dropped,
+        }
+
+
+class Utm(_Model):
+    source: str | None = None
+    medium: str | None = None
+    campaign: str | None = None
+    content: str | None = None
+    term: str | None = None
+
+
+class Product(_Model):
+    sku: NonEmpty
+    quantity: int = Field(ge=0)
+
+
+class _Event(_Model):
+    kind: ClassVar[EventKind]
+    schema_name: ClassVar[str]
+
+    event_id: NonEmpty
+    occurred_at: datetime
+
+    _check_occurred_at = field_validator("occurred_at")(_utc)
+
+    @property
+    def key(self) -> str:
+        """The Kafka key and the per-entity ordering key."""
+        raise NotImplementedError
+
+
+class LeadCreated(_Event):
+    kind: ClassVar[EventKind] = EventKind.LEAD_CREATED
+    schema_name: ClassVar[str] = "crm.events.LeadCreated"
+
+    lead_id: NonEmpty
+    deal_id: NonEmpty | None = None
+    client: Client
+    metrica_client_id: str | None = None
+    yclid: str | None = None
+    utm: Utm | None = None
+    consent: bool = True
+
+    @field_validator("metrica_client_id", mode="before")
+    @classmethod
+    def _client_id(cls, value: Any) -> str | None:
+        # An unusable ClientID is dropped, not fatal: the phones or emails may still bind.
+        if value is None:
+            return None
+        return normalize.client_id(str(value))
+
+    @property
+    def key(self) -> str:
+        return self.lead_id
+
+    @property
+    def client_ids(self) -> tuple[str, ...]:
+        return (self.metrica_client_id,) if self.metrica_client_id else ()
+
+
+class DealStatusChanged(_Event):
+    kind: ClassVar[EventKind] = EventKind.DEAL_STATUS_CHANGED
+    schema_name: ClassVar[str] = "crm.events.DealStatusChanged"
+
+    deal_id: NonEmpty
+    client_uniq_id: NonEmpty
+    deal_created_at: datetime
+    status: NonEmpty
+    revenue: Money | None = None
+    cost: Money | None = None
+    currency: str = "RUB"
+    products: tuple[Product, ...] = ()
+    version: int | None = None
+
+    _check_created = field_validator("deal_created_at")(_utc)
+    _check_currency = field_validator("currency", mode="before")(_currency)
+
+    @property
+    def key(self) -> str:
+        return self.deal_id
+
+
+class PaymentReceived(_Event):
+    kind: ClassVar[EventKind] = EventKind.PAYMENT_RECEIVED
+    schema_name: ClassVar[str] = "crm.events.PaymentReceived"
+
+    payment_id: NonEmpty
+    deal_id: NonEmpty
+    client_uniq_id: NonEmpty
+    amount: Money
+    currency: str = "RUB"
+    deal_created_at: datetime | None = None
+
+    _check_currency = field_validator("currency", mode="before")(_currency)
+
+    @field_validator("deal_created_at")
+    @classmethod
+    def _created(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _utc(value)
+
+    @property
+    def key(self) -> str:
+        return self.deal_id
+
+
+Event = LeadCreated | DealStatusChanged | PaymentReceived
+
+EVENT_TYPES: dict[str, type[LeadCreated] | type[DealStatusChanged] | type[PaymentReceived]] = {
+    cls.schema_name: cls for cls in (LeadCreated, DealStatusChanged, PaymentReceived)
+}
+EVENT_TYPES_BY_KIND = {cls.kind: cls for cls in EVENT_TYPES.values()}
+SCHEMA_FILES: dict[str, str] = {
+    "crm.events.LeadCreated": "lead_created.avsc",
+    "crm.events.DealStatusChanged": "deal_status_changed.avsc",
+    "crm.events.PaymentReceived": "payment_received.avsc",
+}
+
+
+def parse_event(schema_name: str, record: dict[str, Any]) -> Event:
+    """Validate a decoded Avro record against the event contract."""
+    cls = EVENT_TYPES.get(schema_name)
+    if cls is None:
+        raise InvalidEvent(f"unknown record type {schema_name!r}")
+    try:
+        return cls.model_validate(record)
+    except ValidationError as exc:
+        # Only field locations and error types: the input values may be personal data.
+        problems = sorted({f"{'.'.join(map(str, e['loc']))}: {e['type']}" for e in exc.errors()})
+        raise InvalidEvent(f"{cls.__name__} violates the contract: {'; '.join(problems)}") from None
+
+
+def expected_kind(event: Event, kind: EventKind) -> Literal[True]:
+    """Every topic carries one event type; a record of another type is an invalid event."""
+    if event.kind is not kind:
+        raise InvalidEvent(f"{event.kind.value} record on the {kind.value} topic")
+    return True

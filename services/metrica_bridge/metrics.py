@@ -1,0 +1,141 @@
+"""Prometheus metrics: one registry of typed names, so dashboards and alerts have one source.
+
+Conventions: ``metrica_bridge_`` prefix, ``_total`` for counters, ``_seconds`` for durations,
+labels with a small closed set of values (topic, outcome, class, endpoint) — never an id.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+PREFIX = "metrica_bridge_"
+
+
+class Outcome(StrEnum):
+    """The one recorded outcome of every event (DESIGN.md §4)."""
+
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    SKIPPED = "skipped"  # no-op update or unmapped status
+    PARKED = "parked"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class ErrorClass(StrEnum):
+    """``dlq.error.class`` values (DESIGN.md §5)."""
+
+    DECODE_ERROR = "decode_error"
+    INVALID_EVENT = "invalid_event"
+    REJECTED = "rejected"
+    RETRY_EXHAUSTED = "retry_exhausted"
+    UNATTRIBUTABLE = "unattributable"
+
+
+class ResultClass(StrEnum):
+    """How one Metrica request ended (DESIGN.md §5)."""
+
+    SUCCESS = "success"
+    TRANSIENT = "transient"
+    THROTTLED = "throttled"
+    SETUP = "setup"
+    PERMANENT = "permanent"
+
+
+EVENTS_CONSUMED = Counter(
+    PREFIX + "events_consumed_total", "Kafka records consumed.", ["topic"], registry=REGISTRY
+)
+EVENTS_PROCESSED = Counter(
+    PREFIX + "events_processed_total",
+    "Events by final recorded outcome.",
+    ["topic", "outcome"],
+    registry=REGISTRY,
+)
+EVENTS_RELEASED = Counter(
+    PREFIX + "events_released_total",
+    "Parked events released once their client's identity arrived.",
+    ["topic"],
+    registry=REGISTRY,
+)
+DLQ_RECORDS = Counter(
+    PREFIX + "dlq_records_total",
+    "Records produced to a dead-letter topic.",
+    ["topic", "error_class"],
+    registry=REGISTRY,
+)
+METRICA_REQUESTS = Counter(
+    PREFIX + "metrica_requests_total",
+    "Requests to the Metrica API by endpoint and result class.",
+    ["endpoint", "result"],
+    registry=REGISTRY,
+)
+METRICA_REQUEST_DURATION = Histogram(
+    PREFIX + "metrica_request_duration_seconds",
+    "Duration of Metrica API requests.",
+    ["endpoint"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+    registry=REGISTRY,
+)
+UPLOAD_RECORDS = Histogram(
+    PREFIX + "upload_records",
+    "Records carried by one accepted upload.",
+    ["endpoint"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000),
+    registry=REGISTRY,
+)
+QUOTA_REMAINING = Gauge(
+    PREFIX + "metrica_daily_quota_remaining",
+    "Requests left in today's daily budget (resets 00:00 GMT).",
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    PREFIX + "consumer_lag",
+    "Consumer lag per partition, from librdkafka statistics.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+IN_FLIGHT = Gauge(
+    PREFIX + "in_flight_events",
+    "Events consumed but not yet handled.",
+    ["topic"],
+    registry=REGISTRY,
+)
+PARKED = Gauge(PREFIX + "parked_events", "Events waiting for a client identity.", registry=REGISTRY)
+END_TO_END_LATENCY = Histogram(
+    PREFIX + "end_to_end_latency_seconds",
+    "From the event's occurred_at to Metrica's acknowledgement.",
+    ["topic"],
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+    registry=REGISTRY,
+)
+LAST_SUCCESSFUL_UPLOAD = Gauge(
+    PREFIX + "last_successful_upload_timestamp_seconds",
+    "Unix time of the last upload Metrica accepted (freshness heartbeat).",
+    registry=REGISTRY,
+)
+ORDERS_OUTSIDE_WINDOW = Counter(
+    PREFIX + "orders_outside_binding_window_total",
+    "Orders sent outside Metrica's binding windows (21 days to create, 111 to update).",
+    ["window"],
+    registry=REGISTRY,
+)
+SETUP_ERROR = Gauge(
+    PREFIX + "setup_error",
+    "1 while Metrica refuses the token or counter (401/403/404); sending is stopped.",
+    registry=REGISTRY,
+)
+PARTITIONS_ASSIGNED = Gauge(
+    PREFIX + "assigned_partitions",
+    "Partitions assigned to this process.",
+    ["topic"],
+    registry=REGISTRY,
+)
+IDENTIFIERS_DROPPED = Counter(
+    PREFIX + "identifiers_dropped_total",
+    "Phones, emails or ClientIDs that could not be normalised and were dropped.",
+    ["topic"],
+    registry=REGISTRY,
+)
