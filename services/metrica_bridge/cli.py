@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import typer
 
+from metrica_bridge.commands import run
+from metrica_bridge.metrica.schema_sync import schema_sync
+from metrica_bridge.sandbox.command import sandbox as sandbox_command
+
 app = typer.Typer(
     name="metrica-bridge",
     help="CRM events from Kafka to Yandex Metrica's CDP API.",
@@ -14,6 +18,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,  # locals may hold the token
 )
+app.command("run")(run)
+app.command("sandbox")(sandbox_command)
+
+app.command("schema-sync")(schema_sync)
 
 
 def main() -> None:

@@ -124,18 +124,29 @@ class LeadCreated(_Event):
     yclid: str | None = None
     utm: Utm | None = None
     consent: bool = True
+    dropped_client_ids: int = 0
 
-    @field_validator("metrica_client_id", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _client_id(cls, value: Any) -> str | None:
-        # An unusable ClientID is dropped, not fatal: the phones or emails may still bind.
-        if value is None:
-            return None
-        return normalize.client_id(str(value))
+    def _client_id(cls, data: Any) -> Any:
+        # An unusable ClientID is dropped and counted, not fatal: the phones or emails may still
+        # bind. A blank one is simply absent (the form's hidden field was never filled).
+        if not isinstance(data, dict) or "dropped_client_ids" in data:
+            return data
+        raw = data.get("metrica_client_id")
+        if raw is None or not str(raw).strip():
+            return {**data, "metrica_client_id": None}
+        value = normalize.client_id(str(raw))
+        return {**data, "metrica_client_id": value, "dropped_client_ids": int(value is None)}
 
     @property
     def key(self) -> str:
         return self.lead_id
+
+    @property
+    def dropped_identifiers(self) -> int:
+        """Phones, emails and ClientIDs dropped as unusable: count them, never log them."""
+        return self.client.dropped_identifiers + self.dropped_client_ids
 
     @property
     def client_ids(self) -> tuple[str, ...]:

@@ -68,3 +68,28 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
     return logger
+
+
+class _ToStructlog(logging.Handler):
+    """Forwards librdkafka's log lines (through confluent-kafka's ``logger``) to structlog, so
+    every line the service prints has one format."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = get_logger("librdkafka")
+        message = redact(record.getMessage())
+        if record.levelno >= logging.ERROR:
+            logger.error(message)
+        elif record.levelno >= logging.WARNING:
+            logger.warning(message)
+        else:
+            logger.info(message)
+
+
+def kafka_logger() -> logging.Logger:
+    """The ``logger`` to give confluent-kafka clients."""
+    logger = logging.getLogger("metrica_bridge.librdkafka")
+    if not logger.handlers:
+        logger.addHandler(_ToStructlog())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger

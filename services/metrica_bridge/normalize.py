@@ -19,11 +19,16 @@ import hashlib
 import re
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
-_CLIENT_ID = re.compile(r"^\d{1,20}$")
+# [0-9], not \d: \d also matches Arabic-Indic or full-width digits, which Metrica rejects.
+_CLIENT_ID = re.compile(r"^[0-9]{1,20}$")
+# Zero-width characters and the BOM ride along with values pasted or exported from
+# spreadsheets; str.strip() keeps them, and they would change the md5.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
 DEFAULT_COUNTRY_CODE = "7"
 
 
 def phone(raw: str, default_country_code: str = DEFAULT_COUNTRY_CODE) -> str | None:
+    raw = raw.translate(_INVISIBLE)
     digits = "".join(ch for ch in raw if ch.isdigit() and ch.isascii())
     explicit_plus = raw.strip().startswith("+")
     if not explicit_plus and digits.startswith("00"):
@@ -39,14 +44,14 @@ def phone(raw: str, default_country_code: str = DEFAULT_COUNTRY_CODE) -> str | N
 
 
 def email(raw: str) -> str | None:
-    value = raw.strip().lower()
+    value = raw.translate(_INVISIBLE).strip().lower()
     if not _EMAIL.match(value):
         return None
     return value
 
 
 def client_id(raw: str) -> str | None:
-    value = raw.strip()
+    value = raw.translate(_INVISIBLE).strip()
     if not _CLIENT_ID.match(value) or int(value) == 0:
         return None
     return value

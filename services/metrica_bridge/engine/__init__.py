@@ -1,0 +1,1 @@
+"""The consumer engine: a thin consumer thread, per-key ordered workers, exact offset commits."""

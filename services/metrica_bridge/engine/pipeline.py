@@ -1,0 +1,348 @@
+"""One event through the steps: decode → validate → dedupe → enrich → map → batch → send → record.
+
+``Pipeline.handle`` never raises for a bad event: every event ends with exactly one recorded
+outcome (delivered, skipped, stale, duplicate, parked, dead-lettered). Only infrastructure
+failures (the store or the broker unreachable) escape, and then the event is not marked handled,
+so it is consumed again after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from metrica_bridge.codec import Codec, DecodeError
+from metrica_bridge.engine.loader import BatchCall, BatchLoader
+from metrica_bridge.events import (
+    DealStatusChanged,
+    Event,
+    EventKind,
+    InvalidEvent,
+    LeadCreated,
+    PaymentReceived,
+    expected_kind,
+    parse_event,
+)
+from metrica_bridge.logs import get_logger
+from metrica_bridge.metrica.errors import RetryExhausted
+from metrica_bridge.metrica.status_map import StatusMap
+from metrica_bridge.metrics import (
+    END_TO_END_LATENCY,
+    EVENTS_PROCESSED,
+    IDENTIFIERS_DROPPED,
+    ORDERS_OUTSIDE_WINDOW,
+    ErrorClass,
+    Outcome,
+)
+from metrica_bridge.steps import enrich
+from metrica_bridge.steps import map as mapping
+from metrica_bridge.steps.batch import Ack, Batcher, Endpoint
+from metrica_bridge.steps.dedupe import Dedupe
+from metrica_bridge.steps.dlq import DeadLetters, SourceRecord
+from metrica_bridge.steps.record import Recorder
+from metrica_bridge.steps.send import Rejected
+from metrica_bridge.store.base import (
+    Changes,
+    Identity,
+    IdentityUpdate,
+    LedgerEntry,
+    OrderState,
+    ParkedEvent,
+    Store,
+)
+
+log = get_logger("metrica_bridge.engine.pipeline")
+
+CLAIM_LEASE_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A record that decoded and validated, ready for its per-key worker."""
+
+    source: SourceRecord
+    event: Event
+    consumed_at: float  # monotonic, for the linger deadline
+    released: bool = False  # taken out of the park by the sweeper
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        codec: Codec,
+        statuses: StatusMap,
+        batcher: Batcher,
+        dead_letters: DeadLetters,
+        timezone: str,
+        topics: dict[EventKind, str],
+        hash_identifiers: bool = False,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.codec = codec
+        self.statuses = statuses
+        self.batcher = batcher
+        self.dead_letters = dead_letters
+        self.zone = ZoneInfo(timezone)
+        self.kinds = {topic: kind for kind, topic in topics.items()}
+        self.hash_identifiers = hash_identifiers
+        self.owner = owner or f"mb-{uuid.uuid4().hex[:12]}"
+        self.recorder = Recorder(store)
+        self.dedupe = Dedupe(store)
+        self._identities: BatchLoader[str, Identity | None] = BatchLoader(
+            store.identities, default=None
+        )
+        self._merge: BatchCall[IdentityUpdate, Identity] = BatchCall(self._merge_batch)
+        self._orders: BatchLoader[str, OrderState | None] = BatchLoader(store.orders, default=None)
+        self._parked: BatchLoader[str, bool] = BatchLoader(self._parked_batch, default=False)
+        self._claim: BatchCall[str, bool] = BatchCall(self._claim_batch)
+        self._uploaded: dict[str, str] = {}  # client -> fingerprint Metrica holds (this process)
+
+    # -- store calls, batched ----------------------------------------------------------------
+    def _merge_batch(self, updates: list[IdentityUpdate]) -> list[Identity]:
+        merged = self.store.merge_identities(updates)
+        return [merged[u.client_uniq_id] for u in updates]
+
+    def _parked_batch(self, deal_ids: Sequence[str]) -> dict[str, bool]:
+        return dict.fromkeys(self.store.parked_deals(deal_ids), True)
+
+    def _claim_batch(self, deal_ids: list[str]) -> list[bool]:
+        unique = list(dict.fromkeys(deal_ids))
+        claimed = self.store.claim_orders(unique, self.owner, CLAIM_LEASE_S)
+        result = []
+        for deal in deal_ids:  # the same deal twice in one call: only the first gets it
+            result.append(deal in claimed)
+            claimed.discard(deal)
+        return result
+
+    # -- entry points ------------------------------------------------------------------------
+    def parse(self, source: SourceRecord) -> Parsed | tuple[ErrorClass, str]:
+        """Decode and validate; a failure is returned (for the DLQ), never raised."""
+        try:
+            decoded = self.codec.decode(source.value)
+        except DecodeError as exc:
+            return ErrorClass.DECODE_ERROR, exc.reason
+        try:
+            event = parse_event(decoded.schema_name, decoded.record)
+            expected_kind(event, self.kinds[source.topic])
+        except InvalidEvent as exc:
+            return ErrorClass.INVALID_EVENT, exc.reason
+        key = source.key.decode("utf-8", "replace") if source.key is not None else None
+        if key is not None and key != event.key:
+            return ErrorClass.INVALID_EVENT, "record key does not match the event's entity id"
+        if isinstance(event, LeadCreated) and event.client.dropped_identifiers:
+            IDENTIFIERS_DROPPED.labels(topic=source.topic).inc(event.client.dropped_identifiers)
+        return Parsed(source, event, time.monotonic())
+
+    async def dead_letter(
+        self,
+        source: SourceRecord,
+        error_class: ErrorClass,
+        reason: str,
+        event_id: str | None,
+        *,
+        released: bool = False,
+    ) -> None:
+        await self.dead_letters.send(source, error_class, reason)
+        log.warning(
+            "dead-lettered",
+            topic=source.topic,
+            partition=source.partition,
+            offset=source.offset,
+            event_id=event_id,
+            error_class=error_class.value,
+            reason=reason,
+        )
+        if event_id is None:
+            EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.DEAD_LETTERED).inc()
+            return
+        entry = LedgerEntry(event_id, source.topic, Outcome.DEAD_LETTERED, error_class.value)
+        await self._record(Changes(ledger=[entry], unpark=[event_id] if released else []))
+
+    async def handle(self, parsed: Parsed) -> None:
+        event, source = parsed.event, parsed.source
+        previous = await self.dedupe.seen(event.event_id)
+        if previous is not None:
+            EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.DUPLICATE).inc()
+            log.debug("duplicate", event_id=event.event_id, topic=source.topic, previous=previous)
+            return
+        deadline = self.batcher.deadline(parsed.consumed_at)
+        try:
+            if isinstance(event, LeadCreated):
+                await self._lead(parsed, event, deadline)
+            else:
+                await self._order_event(parsed, event, deadline)
+        except Rejected as exc:
+            await self.dead_letter(
+                source, ErrorClass.REJECTED, exc.reason, event.event_id, released=parsed.released
+            )
+        except RetryExhausted as exc:
+            await self.dead_letter(
+                source,
+                ErrorClass.RETRY_EXHAUSTED,
+                str(exc),
+                event.event_id,
+                released=parsed.released,
+            )
+
+    # -- leads -------------------------------------------------------------------------------
+    async def _lead(self, parsed: Parsed, lead: LeadCreated, deadline: float) -> None:
+        identity = await self._merge(enrich.identity_update(lead))
+        changes = Changes()
+        ack = await self._ensure_contact(identity, deadline, changes)
+        if lead.deal_id is None:
+            await self._finish(parsed, Outcome.DELIVERED, "contact", ack, changes)
+            return
+        await self._with_claim(
+            lead.deal_id,
+            lambda order: mapping.on_lead(order, lead, self.statuses, _now()),
+            parsed,
+            deadline,
+            changes,
+            contact_ack=ack,
+        )
+
+    async def _ensure_contact(
+        self, identity: Identity, deadline: float, changes: Changes
+    ) -> Ack | None:
+        """Upload the client's contact unless Metrica already holds exactly this version."""
+        rendered = enrich.contact_record(identity, self.hash_identifiers).render(self.zone)
+        fingerprint = enrich.fingerprint(rendered)
+        client = identity.client_uniq_id
+        if fingerprint in (identity.uploaded_fingerprint, self._uploaded.get(client)):
+            return None
+        ack = await self.batcher.submit(Endpoint.CONTACTS, client, rendered, deadline)
+        self._uploaded[client] = fingerprint
+        changes.contacts_uploaded[client] = fingerprint
+        return ack
+
+    # -- deals and payments ------------------------------------------------------------------
+    async def _order_event(
+        self, parsed: Parsed, event: DealStatusChanged | PaymentReceived, deadline: float
+    ) -> None:
+        identity = await self._identities.load(event.client_uniq_id)
+        waiting = identity is None or not identity.has_identifier()
+        # Behind parked events of the same deal, an event parks too, to keep the deal's order;
+        # a released event is itself still in the park until it is recorded.
+        if (
+            identity is None
+            or waiting
+            or (not parsed.released and await self._parked.load(event.deal_id))
+        ):
+            if parsed.released:
+                # Consent was withdrawn since the sweep: it stays parked (lease expires).
+                return
+            await self._park(parsed, event)
+            return
+        changes = Changes()
+        ack = await self._ensure_contact(identity, deadline, changes)
+        decide = (
+            (lambda order: mapping.on_status(order, event, self.statuses, _now()))
+            if isinstance(event, DealStatusChanged)
+            else (lambda order: mapping.on_payment(order, event, self.statuses, _now()))
+        )
+        await self._with_claim(event.deal_id, decide, parsed, deadline, changes, contact_ack=ack)
+
+    async def _with_claim(
+        self,
+        deal_id: str,
+        decide: mapping.Decider,
+        parsed: Parsed,
+        deadline: float,
+        changes: Changes,
+        contact_ack: Ack | None,
+    ) -> None:
+        await self._acquire(deal_id)
+        changes.release_claims.append(deal_id)
+        try:
+            order = await self._orders.load(deal_id)
+            verdict = decide(order)
+            if isinstance(verdict, mapping.Skip):
+                if verdict.state is not None:
+                    changes.orders.append(verdict.state)
+                await self._finish(parsed, verdict.outcome, verdict.reason, contact_ack, changes)
+                return
+            for window in verdict.windows:
+                ORDERS_OUTSIDE_WINDOW.labels(window=window).inc()
+                log.warning(
+                    "order outside Metrica's binding window",
+                    window=window,
+                    event_id=parsed.event.event_id,
+                    topic=parsed.source.topic,
+                    partition=parsed.source.partition,
+                    offset=parsed.source.offset,
+                )
+            record = verdict.record.render(self.zone)
+            ack = await self.batcher.submit(Endpoint.ORDERS, deal_id, record, deadline)
+            changes.orders.append(verdict.state)
+            await self._finish(parsed, Outcome.DELIVERED, "order", ack, changes)
+        except BaseException:
+            await self._record(Changes(release_claims=[deal_id]))
+            raise
+
+    async def _acquire(self, deal_id: str) -> None:
+        delay = 0.02
+        while not await self._claim(deal_id):
+            # Another worker (this process or another) is updating the order: wait our turn.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _park(self, parsed: Parsed, event: DealStatusChanged | PaymentReceived) -> None:
+        source = parsed.source
+        parked = ParkedEvent(
+            event_id=event.event_id,
+            topic=source.topic,
+            partition=source.partition,
+            offset=source.offset,
+            key=source.key,
+            value=source.value or b"",
+            headers=source.headers,
+            client_uniq_id=event.client_uniq_id,
+            deal_id=event.deal_id,
+            occurred_at=event.occurred_at,
+            version=event.version if isinstance(event, DealStatusChanged) else None,
+            parked_at=datetime.now(UTC),
+            timestamp_ms=source.timestamp_ms,
+        )
+        await self._record(Changes(park=[parked]))
+        EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.PARKED).inc()
+        log.info(
+            "parked until the client's identity arrives",
+            event_id=event.event_id,
+            topic=source.topic,
+            partition=source.partition,
+            offset=source.offset,
+        )
+
+    # -- recording ---------------------------------------------------------------------------
+    async def _finish(
+        self, parsed: Parsed, outcome: str, detail: str, ack: Ack | None, changes: Changes
+    ) -> None:
+        source, event = parsed.source, parsed.event
+        changes.ledger.append(
+            LedgerEntry(
+                event.event_id, source.topic, outcome, detail, ack.uploading_id if ack else None
+            )
+        )
+        if parsed.released:
+            changes.unpark.append(event.event_id)
+        await self._record(changes)
+        if outcome == Outcome.DELIVERED and ack is not None:
+            END_TO_END_LATENCY.labels(topic=source.topic).observe(
+                max(0.0, ack.acked_at - event.occurred_at.timestamp())
+            )
+
+    async def _record(self, changes: Changes) -> None:
+        await self.recorder.apply(changes)
+        self.dedupe.remember(changes.ledger)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

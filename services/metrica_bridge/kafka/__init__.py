@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by the consumers, the DLQ, replay, the simulator and the tests."""

@@ -1,0 +1,354 @@
+"""Async client of the Metrica CDP API (metrica-api.md §2–§9, §11–§12).
+
+Every attempt goes through the process's :class:`QuotaGovernor`, is classified by
+:func:`classify`, counted in ``metrica_bridge_metrica_requests_total{endpoint,result}``, and
+retried under :class:`RetryPolicy` when its class allows. Writes whose outcome is unclear are
+re-sent only when re-sending is idempotent (merge modes SAVE and UPDATE, the status schema).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Generator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx
+from pydantic import SecretStr
+
+from metrica_bridge.config import Settings
+from metrica_bridge.logs import get_logger, register_secret
+from metrica_bridge.metrica.classify import (
+    Outcome,
+    Success,
+    UploadResult,
+    classify,
+    classify_exception,
+)
+from metrica_bridge.metrica.errors import (
+    BudgetExhausted,
+    MetricaError,
+    PermanentError,
+    RetryExhausted,
+    SetupError,
+    ThrottledError,
+    TransientError,
+    UnclearOutcome,
+)
+from metrica_bridge.metrica.quota import QuotaGovernor, shared_governor
+from metrica_bridge.metrica.retry import RetryPolicy
+from metrica_bridge.metrics import METRICA_REQUEST_DURATION, METRICA_REQUESTS, SETUP_ERROR
+
+MergeMode = Literal["SAVE", "UPDATE", "APPEND"]
+MERGE_MODES: tuple[str, ...] = ("SAVE", "UPDATE", "APPEND")
+# SAVE and UPDATE converge on the same state however often they are applied; APPEND does not.
+IDEMPOTENT_MODES = frozenset({"SAVE", "UPDATE"})
+METRICA_DATETIME = "%Y-%m-%d %H:%M:%S"
+
+log = get_logger("metrica_bridge.metrica.client")
+
+
+class _OAuth(httpx.Auth):
+    """Adds ``Authorization: OAuth <token>`` at send time, so the token sits in no default
+    header, URL or repr."""
+
+    def __init__(self, token: SecretStr) -> None:
+        self._token = token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"OAuth {self._token.get_secret_value()}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "_OAuth(token=**********)"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime):
+        raise TypeError("render datetimes in the counter's time zone before sending")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(body: Any) -> bytes:
+    return json.dumps(
+        body, ensure_ascii=False, separators=(",", ":"), default=_json_default
+    ).encode()
+
+
+class MetricaClient:
+    """One counter, one token. Use as ``async with MetricaClient(...) as client:``."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        counter_id: int,
+        token: SecretStr,
+        governor: QuotaGovernor | None = None,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        secret = token.get_secret_value()
+        if not secret:
+            raise ValueError("the Metrica token is empty")
+        register_secret(secret)  # the log redactor masks it wherever it would appear
+        self.api_url = api_url.rstrip("/")
+        self.counter_id = counter_id
+        self.governor = governor or QuotaGovernor()
+        self.retry = retry or RetryPolicy()
+        self._rng = rng or random.Random()
+        self._http = httpx.AsyncClient(
+            auth=_OAuth(token),
+            timeout=httpx.Timeout(timeout_s),
+            transport=transport,
+            headers={"Accept": "application/json"},
+        )
+        self._timezone: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        governor: QuotaGovernor | None = None,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> MetricaClient:
+        counter_id, token = settings.require_metrica()
+        if governor is None:
+            governor = shared_governor(
+                token.get_secret_value(),
+                max_parallel=settings.metrica_max_parallel,
+                requests_per_second=settings.metrica_requests_per_second,
+                daily_budget=settings.metrica_daily_budget,
+            )
+        client = cls(
+            api_url=settings.metrica_api_url,
+            counter_id=counter_id,
+            token=token,
+            governor=governor,
+            retry=retry or RetryPolicy.from_settings(settings),
+            timeout_s=settings.metrica_timeout_s,
+            transport=transport,
+        )
+        if settings.metrica_timezone:
+            client._timezone = _check_zone(settings.metrica_timezone)
+        return client
+
+    def __repr__(self) -> str:
+        return f"MetricaClient(api_url={self.api_url!r}, counter_id={self.counter_id})"
+
+    async def __aenter__(self) -> MetricaClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def cdp_url(self) -> str:
+        return f"{self.api_url}/cdp/api/v1/counter/{self.counter_id}"
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    async def upload_contacts(
+        self, records: Sequence[Mapping[str, Any]], merge_mode: MergeMode = "UPDATE"
+    ) -> UploadResult:
+        return await self._upload("contacts", records, merge_mode)
+
+    async def upload_orders(
+        self, records: Sequence[Mapping[str, Any]], merge_mode: MergeMode = "UPDATE"
+    ) -> UploadResult:
+        return await self._upload("orders", records, merge_mode)
+
+    async def get_order_statuses(self) -> list[dict[str, Any]]:
+        outcome = await self._call(
+            "order_statuses_get", "GET", f"{self.cdp_url}/schema/order_statuses", resend_safe=True
+        )
+        statuses = outcome.body.get("order_statuses") if isinstance(outcome.body, dict) else None
+        return [s for s in statuses or [] if isinstance(s, dict)]
+
+    async def put_order_statuses(self, statuses: Sequence[Mapping[str, Any]]) -> None:
+        # Posting the same map again leaves the same map: safe to re-send on an unclear answer.
+        await self._call(
+            "order_statuses_post",
+            "POST",
+            f"{self.cdp_url}/schema/order_statuses",
+            body={"order_statuses": [dict(s) for s in statuses]},
+            resend_safe=True,
+        )
+
+    async def counter_timezone(self) -> str:
+        """The counter's IANA time zone (cached; ``METRICA_TIMEZONE`` overrides it)."""
+        if self._timezone is None:
+            outcome = await self._call(
+                "counter",
+                "GET",
+                f"{self.api_url}/management/v1/counter/{self.counter_id}",
+                resend_safe=True,
+            )
+            counter = outcome.body.get("counter") if isinstance(outcome.body, dict) else None
+            name = counter.get("time_zone_name") if isinstance(counter, dict) else None
+            if not isinstance(name, str) or not name:
+                raise PermanentError(
+                    "counter info has no time_zone_name", endpoint="counter", status=outcome.status
+                )
+            self._timezone = _check_zone(name)
+        return self._timezone
+
+    async def last_uploadings(
+        self, datetime_offset: datetime | str | None = None, limit: int = 10
+    ) -> list[dict[str, Any]]:
+        """Uploads strictly before ``datetime_offset`` (aware datetimes are rendered in the
+        counter's time zone), newest first as Metrica returns them."""
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        params: dict[str, str] = {"limit": str(limit)}
+        if isinstance(datetime_offset, datetime):
+            zone = ZoneInfo(await self.counter_timezone())
+            if datetime_offset.tzinfo is None:
+                raise ValueError("datetime_offset must be timezone-aware")
+            params["datetime_offset"] = datetime_offset.astimezone(zone).strftime(METRICA_DATETIME)
+        elif datetime_offset is not None:
+            params["datetime_offset"] = datetime_offset
+        outcome = await self._call(
+            "last_uploadings",
+            "GET",
+            f"{self.cdp_url}/last_uploadings",
+            params=params,
+            resend_safe=True,
+        )
+        items = outcome.body.get("uploadings") if isinstance(outcome.body, dict) else None
+        return [u for u in items or [] if isinstance(u, dict)]
+
+    # -- machinery ----------------------------------------------------------------------------
+
+    async def _upload(
+        self, entity: Literal["contacts", "orders"], records: Sequence[Mapping[str, Any]], mode: str
+    ) -> UploadResult:
+        if mode not in MERGE_MODES:
+            raise ValueError(f"merge_mode must be one of {', '.join(MERGE_MODES)}")
+        if not records:
+            raise ValueError("nothing to upload")
+        outcome = await self._call(
+            entity,
+            "POST",
+            f"{self.cdp_url}/data/{entity}/json",
+            params={"merge_mode": mode},
+            body={entity: [dict(r) for r in records]},
+            rows_sent=len(records),
+            resend_safe=mode in IDEMPOTENT_MODES,
+        )
+        assert outcome.upload is not None  # classify() guarantees it for uploads
+        return outcome.upload
+
+    async def _attempt(
+        self,
+        endpoint: str,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None,
+        content: bytes | None,
+        rows_sent: int | None,
+    ) -> Outcome:
+        started = time.monotonic()
+        try:
+            response = await self._http.request(
+                method,
+                url,
+                params=params,
+                content=content,
+                headers={"Content-Type": "application/json"} if content is not None else None,
+            )
+        except httpx.HTTPError as exc:
+            return classify_exception(endpoint, exc)
+        finally:
+            METRICA_REQUEST_DURATION.labels(endpoint).observe(time.monotonic() - started)
+        return classify(endpoint, response, rows_sent=rows_sent)
+
+    async def _call(
+        self,
+        endpoint: str,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        rows_sent: int | None = None,
+        resend_safe: bool,
+    ) -> Success:
+        content = None if body is None else dumps(body)
+        started = time.monotonic()
+        # The daily budget may be waited for only while the retry budget lasts.
+        wait_until = datetime.now(UTC) + timedelta(seconds=self.retry.budget_s)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self.governor.request(wait_until=wait_until):
+                    outcome = await self._attempt(endpoint, method, url, params, content, rows_sent)
+            except BudgetExhausted as exc:
+                exc.endpoint = endpoint
+                raise RetryExhausted(
+                    exc, attempts=attempt - 1, elapsed_s=time.monotonic() - started
+                ) from None
+            METRICA_REQUESTS.labels(endpoint, _result(outcome)).inc()
+            if isinstance(outcome, Success):
+                SETUP_ERROR.set(0)
+                return outcome
+            failure: MetricaError = outcome
+            if isinstance(outcome, SetupError):
+                SETUP_ERROR.set(1)
+                raise outcome
+            if isinstance(outcome, PermanentError):
+                raise outcome
+            if isinstance(outcome, ThrottledError) and outcome.daily:
+                await self.governor.exhaust_today()
+            if isinstance(outcome, TransientError) and outcome.unclear and not resend_safe:
+                raise UnclearOutcome(
+                    f"{outcome.message}; not re-sent: merge mode APPEND is not idempotent",
+                    endpoint=endpoint,
+                    status=outcome.status,
+                    error_type=outcome.error_type,
+                )
+            delay = self.retry.delay(failure, attempt, self._rng)
+            elapsed = time.monotonic() - started
+            if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.budget_s:
+                raise RetryExhausted(failure, attempts=attempt, elapsed_s=elapsed)
+            log.info(
+                "metrica_retry",
+                endpoint=endpoint,
+                attempt=attempt,
+                result=_result(outcome),
+                status=outcome.status,
+                error_type=outcome.error_type,
+                delay_s=round(delay, 3),
+            )
+            await asyncio.sleep(delay)
+
+
+def _result(outcome: Outcome) -> str:
+    if isinstance(outcome, Success):
+        return "success"
+    return outcome.result_class.value
+
+
+def _check_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PermanentError(
+            f"unknown time zone {name!r}", endpoint="counter", error_type="invalid_time_zone"
+        ) from None
+    return name

@@ -1,0 +1,69 @@
+"""``metrica-bridge sandbox``: serve the Metrica emulator in the foreground (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import typer
+import uvicorn
+
+from metrica_bridge import logs
+from metrica_bridge.sandbox.app import create_app
+from metrica_bridge.sandbox.core import Sandbox
+
+DEFAULT_TOKEN = "sandbox-token"  # noqa: S105 - the emulator's own, documented default
+DEFAULT_COUNTER_ID = 12345678
+
+
+def sandbox(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8780,
+    token: Annotated[
+        list[str] | None,
+        typer.Option(help=f"An OAuth token to accept; repeatable (default: {DEFAULT_TOKEN})."),
+    ] = None,
+    counter_id: Annotated[
+        list[int] | None,
+        typer.Option(help=f"A counter to serve; repeatable (default: {DEFAULT_COUNTER_ID})."),
+    ] = None,
+    timezone: Annotated[str, typer.Option(help="Counters' IANA time zone.")] = "Europe/Moscow",
+    state: Annotated[
+        Path | None, typer.Option(help="SQLite file keeping the data across restarts.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Run the local Metrica CDP emulator (inspection and faults under /_sandbox)."""
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise typer.BadParameter(
+            f"unknown time zone {timezone!r}", param_hint="--timezone"
+        ) from None
+    tokens = token or [DEFAULT_TOKEN]
+    counters = counter_id or [DEFAULT_COUNTER_ID]
+    for value in tokens:
+        logs.register_secret(value)
+    logs.configure(log_level, "console")
+    core = Sandbox(tokens, counters, timezone, state)
+    log = logs.get_logger("metrica_bridge.sandbox")
+    log.info(
+        "sandbox starting",
+        url=f"http://{host}:{port}",
+        counters=counters,
+        tokens=len(tokens),
+        timezone=timezone,
+        state=str(state) if state else "memory",
+    )
+    try:
+        uvicorn.run(
+            create_app(core, log_requests=True),
+            host=host,
+            port=port,
+            log_level=log_level.lower(),
+            access_log=False,  # our own request log: the path without the query string
+            lifespan="off",
+        )
+    finally:
+        core.close()

@@ -1,0 +1,69 @@
+"""The sandbox as one object: accepted tokens, data, quotas and faults, without HTTP."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+from pathlib import Path
+
+from metrica_bridge.sandbox.errors import ApiError
+from metrica_bridge.sandbox.faults import Faults
+from metrica_bridge.sandbox.persist import SqliteState
+from metrica_bridge.sandbox.quotas import QuotaLimits, Quotas
+from metrica_bridge.sandbox.store import Store
+from metrica_bridge.sandbox.validation import DEFAULT_MAX_ROWS
+
+_INT32_MAX = 2**31 - 1
+
+
+class Sandbox:
+    def __init__(
+        self,
+        tokens: Iterable[str],
+        counter_ids: Iterable[int],
+        timezone: str = "Europe/Moscow",
+        state_path: str | Path | None = None,
+        limits: QuotaLimits | None = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
+    ) -> None:
+        self._tokens = tuple(t for t in tokens if t)
+        if not self._tokens:
+            raise ValueError("the sandbox needs at least one token")
+        persist = SqliteState(state_path) if state_path is not None else None
+        self.store = Store(counter_ids, timezone, persist, max_rows)
+        self.quotas = Quotas(limits)
+        self.faults = Faults()
+
+    def authenticate(self, authorization: str | None) -> str:
+        """The token of an ``Authorization: OAuth <token>`` header. Messages never quote it."""
+        if not authorization:
+            raise ApiError.of(
+                "unauthorized", "the Authorization header is missing: send 'OAuth <token>'"
+            )
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "oauth" or not token:
+            raise ApiError.of(
+                "unauthorized", "only 'Authorization: OAuth <token>' is accepted", "Authorization"
+            )
+        if not any(hmac.compare_digest(token, known) for known in self._tokens):
+            raise ApiError.of("unauthorized", "the OAuth token is not valid", "Authorization")
+        rejected = self.faults.rejects(token)
+        if rejected is not None:
+            raise ApiError.of(rejected, "the OAuth token was rejected", "Authorization")
+        return token
+
+    @staticmethod
+    def counter_id(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or not 0 < int(text) <= _INT32_MAX:
+            raise ApiError.of("not_found", "counter not found", "counterId")
+        return int(text)
+
+    def reset(self) -> None:
+        """Clears data, faults, quota usage and quota overrides."""
+        self.store.reset()
+        self.quotas.reset()
+        self.faults.reset()
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,160 @@
+"""``metrica-bridge run``: assemble the steps and run one consumer per topic until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Sequence
+
+from metrica_bridge.codec import Codec
+from metrica_bridge.config import ConfigError, Settings
+from metrica_bridge.engine.parking import ParkSweeper
+from metrica_bridge.engine.pipeline import Pipeline
+from metrica_bridge.engine.runner import TopicRunner
+from metrica_bridge.events import EventKind
+from metrica_bridge.health import HealthServer
+from metrica_bridge.kafka.admin import ensure_topics
+from metrica_bridge.kafka.producer import Producer
+from metrica_bridge.logs import get_logger
+from metrica_bridge.metrica.client import MetricaClient
+from metrica_bridge.metrica.status_map import load_status_map
+from metrica_bridge.metrics import QUOTA_REMAINING
+from metrica_bridge.steps.batch import Batcher
+from metrica_bridge.steps.dlq import DeadLetters, dlq_topic
+from metrica_bridge.steps.send import Sender
+from metrica_bridge.store import open_store
+from metrica_bridge.store.base import Store
+
+log = get_logger("metrica_bridge.service")
+
+DEFAULT_PARTITIONS = 6
+
+
+class Service:
+    def __init__(self, settings: Settings, kinds: Sequence[EventKind] | None = None) -> None:
+        self.settings = settings
+        self.kinds = list(kinds or EventKind)
+        self.runners: dict[str, TopicRunner] = {}
+        self.store: Store | None = None
+        self.setup_error: str | None = None
+        self.started = asyncio.Event()
+
+    # -- health ------------------------------------------------------------------------------
+    def alive(self) -> tuple[bool, str]:
+        dead = [t for t, r in self.runners.items() if not r.healthy()]
+        return (not dead, f"consumer down: {dead}" if dead else "ok")
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.started.is_set():
+            return False, "starting"
+        if self.setup_error:
+            return False, f"setup error: {self.setup_error}"
+        if self.store is None or not self.store.ping():
+            return False, "store unreachable"
+        idle = [t for t, r in self.runners.items() if not r.assigned]
+        if idle:
+            return False, f"no partitions assigned for {idle}"
+        return True, "ok"
+
+    def _on_setup_error(self, message: str | None) -> None:
+        self.setup_error = message
+
+    # -- run ---------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event, health_port: int | None = None) -> None:
+        s = self.settings
+        topics = [s.topics()[kind] for kind in self.kinds]
+        health = HealthServer(
+            s.metrics_port if health_port is None else health_port, self.alive, self.ready
+        )
+        health.start()
+        try:
+            self.store = await asyncio.to_thread(open_store, s.store_url)
+            codec = Codec.from_dir(s.schemas_dir, s.schema_registry_url)
+            statuses = load_status_map(s.status_map_file)
+            if s.create_topics:
+                wanted = {t: DEFAULT_PARTITIONS for t in topics} | {dlq_topic(t): 1 for t in topics}
+                await asyncio.to_thread(ensure_topics, s.kafka_common(), wanted)
+            client = MetricaClient.from_settings(s)
+            timezone = await client.counter_timezone()
+            producer = Producer.from_settings(s)
+            sender = Sender(client, on_setup_error=self._on_setup_error)
+            batcher = Batcher(
+                sender,
+                max_records=s.batch_max_records,
+                max_bytes=s.batch_max_bytes,
+                linger_s=s.batch_linger_ms / 1000,
+                linger_factor=client.governor.linger_factor,
+            )
+            pipeline = Pipeline(
+                store=self.store,
+                codec=codec,
+                statuses=statuses,
+                batcher=batcher,
+                dead_letters=DeadLetters(producer),
+                timezone=timezone,
+                topics=s.topics(),
+                hash_identifiers=s.hash_identifiers,
+            )
+            for kind in self.kinds:
+                topic = s.topics()[kind]
+                self.runners[topic] = TopicRunner(
+                    topic, s.group_id(kind), s.kafka_common(), pipeline, s
+                )
+            for runner in self.runners.values():
+                await runner.start()
+            sweeper = ParkSweeper(pipeline, self.runners, max_wait_s=s.park_max_wait_s)
+            background = [
+                asyncio.create_task(sweeper.run(), name="park-sweeper"),
+                asyncio.create_task(self._housekeeping(client), name="housekeeping"),
+            ]
+            self.started.set()
+            log.info("running", topics=topics, timezone=timezone, store=s.store_url.split(":")[0])
+            await stop.wait()
+            log.info("stopping: draining in-flight events", timeout_s=s.shutdown_timeout_s)
+            started = time.monotonic()
+            batcher.flush_soon()
+            await asyncio.gather(*(r.stop() for r in self.runners.values()))
+            for task in background:
+                task.cancel()
+            await batcher.close()
+            await asyncio.to_thread(producer.close, 10.0)
+            await client.aclose()
+            log.info("stopped", drained_in_s=round(time.monotonic() - started, 2))
+        finally:
+            health.stop()
+            if self.store is not None:
+                self.store.close()
+
+    async def _housekeeping(self, client: MetricaClient) -> None:
+        while True:
+            QUOTA_REMAINING.set(client.governor.remaining())
+            await asyncio.sleep(5)
+
+
+def run_service(settings: Settings, kinds: Sequence[EventKind] | None = None) -> None:
+    """Run until SIGTERM/SIGINT; a second signal, or the drain timeout, stops at once."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        service = Service(settings, kinds)
+        task = asyncio.create_task(service.run(stop))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout_s + 10)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise SystemExit("shutdown timed out")
+        task.result()
+
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        raise SystemExit(f"configuration error: {exc}") from None

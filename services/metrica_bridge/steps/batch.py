@@ -1,0 +1,157 @@
+"""The batcher: records for one endpoint are gathered and flushed on count, bytes or linger.
+
+Linger is a deadline per *event*, not per batch: a record carries the time by which its event
+should be on its way (consumed-at + linger). A lead's order record, submitted only after its
+contact was acknowledged, is already due and leaves with the next flush instead of waiting a
+second linger. The daily-budget governor may stretch linger when requests run short.
+
+One id appears at most once per upload (Metrica applies same-id rows in random order): a contact
+submitted again while its previous version waits is replaced by the newer one (identities only
+grow, so the newer record is a superset); an order id already waiting goes to the next upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Endpoint(StrEnum):
+    CONTACTS = "contacts"
+    ORDERS = "orders"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Metrica accepted the upload that carried this record."""
+
+    uploading_id: str
+    records: int
+    acked_at: float  # unix time
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    record_id: str
+    record: dict[str, Any]
+    size: int
+    deadline: float  # monotonic time
+    futures: list[asyncio.Future[Ack]] = field(default_factory=list)
+
+
+SendFn = Callable[[Endpoint, list[Pending]], Coroutine[Any, Any, None]]
+"""Sends one batch and resolves (or fails) every future of every Pending it was given."""
+
+
+class Batcher:
+    def __init__(
+        self,
+        send: SendFn,
+        *,
+        max_records: int,
+        max_bytes: int,
+        linger_s: float,
+        linger_factor: Callable[[], float] = lambda: 1.0,
+    ) -> None:
+        self._send = send
+        self._max_records = max_records
+        self._max_bytes = max_bytes
+        self._linger_s = linger_s
+        self._linger_factor = linger_factor
+        self._open: dict[Endpoint, dict[str, Pending]] = {e: {} for e in Endpoint}
+        self._bytes: dict[Endpoint, int] = dict.fromkeys(Endpoint, 0)
+        self._overflow: dict[Endpoint, list[Pending]] = {e: [] for e in Endpoint}
+        self._wake: dict[Endpoint, asyncio.Event] = {e: asyncio.Event() for e in Endpoint}
+        self._sending: set[asyncio.Task[None]] = set()
+        self._flush_now = False
+        self._tasks = [asyncio.create_task(self._run(e), name=f"batcher:{e}") for e in Endpoint]
+
+    def deadline(self, consumed_at: float | None = None) -> float:
+        start = time.monotonic() if consumed_at is None else consumed_at
+        return start + self._linger_s * self._linger_factor()
+
+    async def submit(
+        self, endpoint: Endpoint, record_id: str, record: dict[str, Any], deadline: float
+    ) -> Ack:
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        size = len(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()) + 1
+        pending = Pending(record_id, record, size, deadline, [future])
+        self._add(endpoint, pending)
+        return await future
+
+    def _add(self, endpoint: Endpoint, pending: Pending) -> None:
+        batch = self._open[endpoint]
+        waiting = batch.get(pending.record_id)
+        if waiting is not None:
+            if endpoint is Endpoint.CONTACTS:
+                waiting.futures.extend(pending.futures)
+                self._bytes[endpoint] += pending.size - waiting.size
+                waiting.record, waiting.size = pending.record, pending.size
+                waiting.deadline = min(waiting.deadline, pending.deadline)
+            else:
+                self._overflow[endpoint].append(pending)
+        else:
+            batch[pending.record_id] = pending
+            self._bytes[endpoint] += pending.size
+        self._wake[endpoint].set()
+
+    def flush_soon(self) -> None:
+        """Send whatever waits without lingering (revocation, shutdown)."""
+        self._flush_now = True
+        for event in self._wake.values():
+            event.set()
+
+    def waiting(self) -> int:
+        return sum(len(b) + len(self._overflow[e]) for e, b in self._open.items())
+
+    async def _run(self, endpoint: Endpoint) -> None:
+        wake = self._wake[endpoint]
+        while True:
+            batch = self._open[endpoint]
+            if not batch:
+                self._flush_now = self._flush_now and self.waiting() > 0
+                wake.clear()
+                await wake.wait()
+                continue
+            full = len(batch) >= self._max_records or self._bytes[endpoint] >= self._max_bytes
+            due = min(p.deadline for p in batch.values())
+            delay = due - time.monotonic()
+            if not full and not self._flush_now and delay > 0:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=delay)
+                continue
+            self._cut(endpoint)
+
+    def _cut(self, endpoint: Endpoint) -> None:
+        batch = self._open[endpoint]
+        records: list[Pending] = []
+        size = 0
+        for record_id in list(batch):
+            pending = batch[record_id]
+            if records and (
+                len(records) >= self._max_records or size + pending.size > self._max_bytes
+            ):
+                break
+            records.append(batch.pop(record_id))
+            size += pending.size
+        self._bytes[endpoint] -= size
+        overflow, self._overflow[endpoint] = self._overflow[endpoint], []
+        for pending in overflow:
+            self._add(endpoint, pending)
+        task = asyncio.create_task(self._send(endpoint, records), name=f"send:{endpoint}")
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)

@@ -1,0 +1,201 @@
+"""The state store interface (issue 5): ledger, identities, per-order state, parked events,
+order claims and the shared Metrica request budget.
+
+Two backends implement it: SQLite (embedded default, one host) and PostgreSQL (several instances).
+The interface is synchronous and batch-oriented: the engine calls it from a worker thread, and
+one call serves many events, so a store round trip is never paid per event on the hot path.
+
+Every write that completes events goes through :meth:`Store.apply` with a :class:`Changes` unit of
+work, in ONE transaction: the ledger outcome, the order state Metrica now holds, the contact
+upload marks, released claims and parked-event moves land together or not at all. That is what
+makes a crash between "Metrica acknowledged" and "offset committed" harmless: the redelivered
+event finds its outcome in the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """The one recorded outcome of an event id (values of ``metrics.Outcome``)."""
+
+    event_id: str
+    topic: str
+    outcome: str  # delivered | duplicate | stale | skipped | parked | dead_lettered
+    detail: str = ""  # reason / error class; never personal data
+    upload_id: str | None = None  # Metrica uploading_id that carried it, when delivered
+    recorded_at: datetime | None = None  # set by the store when None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityUpdate:
+    """Identifiers learned from one lead; merged (set union) into the client's identity."""
+
+    client_uniq_id: str
+    client_ids: tuple[str, ...] = ()
+    phones: tuple[str, ...] = ()  # normalised
+    emails: tuple[str, ...] = ()  # normalised
+    name: str | None = None
+    consent: bool | None = None  # None: unchanged; the latest lead's consent wins
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    client_uniq_id: str
+    client_ids: tuple[str, ...] = ()  # sorted, unique
+    phones: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    name: str | None = None
+    consent: bool = True
+    uploaded_fingerprint: str | None = None  # fingerprint of the contact last accepted by Metrica
+    created_at: datetime | None = None
+
+    def has_identifier(self) -> bool:
+        """An identifier Metrica may bind on; phones/emails count only with consent."""
+        return bool(self.client_ids) or (self.consent and bool(self.phones or self.emails))
+
+
+@dataclass(frozen=True, slots=True)
+class OrderState:
+    """What Metrica holds for one order, as last acknowledged, plus what we learned."""
+
+    deal_id: str
+    client_uniq_id: str
+    created_at: datetime | None = None  # create_date_time source; immutable once sent
+    applied_at: datetime | None = None  # occurred_at of the last applied update
+    applied_version: int | None = None  # version of the last applied update (if the CRM has one)
+    status: str | None = None  # Metrica status id last sent
+    revenue: Decimal | None = None  # revenue last sent
+    cost: Decimal | None = None
+    currency: str | None = None
+    deal_amount: Decimal | None = None  # the deal's amount when a status change carried it
+    payments: Mapping[str, Decimal] = field(default_factory=dict)  # payment_id -> amount
+    sent: bool = False  # whether Metrica has the order at all
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedEvent:
+    """An event waiting for its client's identity; its offset may already be committed."""
+
+    event_id: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    client_uniq_id: str
+    deal_id: str
+    occurred_at: datetime
+    version: int | None
+    parked_at: datetime
+    timestamp_ms: int | None = None  # the original Kafka record timestamp
+
+
+@dataclass(slots=True)
+class Changes:
+    """One atomic unit of work. Empty fields are no-ops."""
+
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    orders: list[OrderState] = field(default_factory=list)  # upserted whole
+    contacts_uploaded: dict[str, str] = field(default_factory=dict)  # client -> fingerprint
+    release_claims: list[str] = field(default_factory=list)  # deal ids
+    park: list[ParkedEvent] = field(default_factory=list)
+    unpark: list[str] = field(default_factory=list)  # event ids removed from the park
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.ledger
+            or self.orders
+            or self.contacts_uploaded
+            or self.release_claims
+            or self.park
+            or self.unpark
+        )
+
+
+class StoreError(RuntimeError):
+    """The store is unreachable or refused an operation (message has no personal data)."""
+
+
+class Store(Protocol):
+    """Implemented by ``SqliteStore`` and ``PostgresStore``; see ``open_store(url)``."""
+
+    # lifecycle
+    def migrate(self) -> int:
+        """Apply pending versioned migrations; return the schema version. Safe to run concurrently."""
+        ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    # ledger
+    def outcomes(self, event_ids: Iterable[str]) -> dict[str, LedgerEntry]:
+        """Recorded outcomes of those ids that have one."""
+        ...
+
+    def purge_ledger(self, older_than: datetime) -> int: ...
+
+    # identities
+    def merge_identities(self, updates: Sequence[IdentityUpdate]) -> dict[str, Identity]:
+        """Union the identifiers into each client's identity (created if new); return results."""
+        ...
+
+    def identities(self, client_uniq_ids: Iterable[str]) -> dict[str, Identity]: ...
+
+    # orders
+    def orders(self, deal_ids: Iterable[str]) -> dict[str, OrderState]: ...
+
+    def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> set[str]:
+        """Claim each deal for exclusive update; return the ids claimed now.
+
+        A deal is claimable when no live claim exists on it (whoever holds it, this owner
+        included: one update of an order at a time, even inside one process) or the existing
+        claim's lease expired. Claims end with ``Changes.release_claims`` or expire.
+        """
+        ...
+
+    def renew_claims(self, owner: str, lease_s: float) -> int:
+        """Extend every live claim of this owner (heartbeat); return how many."""
+        ...
+
+    # parked events
+    def parked_deals(self, deal_ids: Iterable[str]) -> set[str]:
+        """Deals that have at least one parked event (new events of those deals park too)."""
+        ...
+
+    def take_ready_parked(
+        self,
+        topics: Iterable[str],
+        owner: str,
+        lease_s: float,
+        expired_before: datetime,
+        limit: int,
+    ) -> list[ParkedEvent]:
+        """Lease parked events of these topics that can move on: their client now has an
+        identifier (``Identity.has_identifier``), or they were parked before ``expired_before``.
+        Ordered by deal, then (occurred_at, version). Leased events are not returned again until
+        the lease expires; they leave the park with ``Changes.unpark``."""
+        ...
+
+    def parked_count(self) -> int: ...
+
+    # shared daily Metrica budget (several processes, one counter)
+    def take_quota(self, day: str, limit: int, n: int = 1) -> bool:
+        """Atomically count ``n`` requests against ``day`` (YYYY-MM-DD, GMT) if under ``limit``."""
+        ...
+
+    def quota_used(self, day: str) -> int: ...
+
+    # the unit of work
+    def apply(self, changes: Changes) -> None:
+        """Write everything in one transaction. Ledger inserts keep the FIRST outcome of an
+        event id (a later insert for the same id is ignored), so replays cannot rewrite history."""
+        ...

@@ -1,0 +1,166 @@
+"""Pieces both backends share: value encodings, identity merging, migrations on disk."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from importlib import resources
+from typing import TypeVar
+
+from metrica_bridge.store.base import Identity, IdentityUpdate, OrderState, ParkedEvent
+
+T = TypeVar("T")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def utc(dt: datetime) -> datetime:
+    """Aware UTC; a naive datetime is taken to be UTC already (the events' times are UTC)."""
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def to_us(dt: datetime) -> int:
+    """Exact microseconds since the epoch (no float rounding)."""
+    return (utc(dt) - EPOCH) // _US
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    """Distinct, sorted: a stable lock order across processes avoids deadlocks."""
+    return sorted(set(items))
+
+
+def encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:
+    return json.dumps(
+        [[name, base64.b64encode(value).decode("ascii")] for name, value in headers],
+        separators=(",", ":"),
+    )
+
+
+def decode_headers(raw: str | Sequence[Sequence[str]]) -> tuple[tuple[str, bytes], ...]:
+    pairs = json.loads(raw) if isinstance(raw, str) else raw
+    return tuple((str(name), base64.b64decode(value)) for name, value in pairs)
+
+
+def encode_payments(payments: Mapping[str, Decimal]) -> str:
+    return json.dumps({pid: str(amount) for pid, amount in payments.items()}, sort_keys=True)
+
+
+def decode_payments(raw: str | Mapping[str, str]) -> dict[str, Decimal]:
+    data = json.loads(raw) if isinstance(raw, str) else raw
+    return {str(pid): Decimal(str(amount)) for pid, amount in data.items()}
+
+
+def fold_updates(updates: Iterable[IdentityUpdate]) -> dict[str, IdentityUpdate]:
+    """Several updates of one client in a batch → one, with the same effect applied in order."""
+    out: dict[str, IdentityUpdate] = {}
+    for update in updates:
+        prev = out.get(update.client_uniq_id)
+        if prev is None:
+            out[update.client_uniq_id] = IdentityUpdate(
+                client_uniq_id=update.client_uniq_id,
+                client_ids=tuple(sorted(set(update.client_ids))),
+                phones=tuple(sorted(set(update.phones))),
+                emails=tuple(sorted(set(update.emails))),
+                name=update.name,
+                consent=update.consent,
+            )
+        else:
+            out[update.client_uniq_id] = IdentityUpdate(
+                client_uniq_id=update.client_uniq_id,
+                client_ids=union(prev.client_ids, update.client_ids),
+                phones=union(prev.phones, update.phones),
+                emails=union(prev.emails, update.emails),
+                name=update.name if update.name is not None else prev.name,
+                consent=update.consent if update.consent is not None else prev.consent,
+            )
+    return out
+
+
+def union(a: Iterable[str], b: Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(a).union(b)))
+
+
+def merge_identity(current: Identity | None, update: IdentityUpdate, now: datetime) -> Identity:
+    if current is None:
+        return Identity(
+            client_uniq_id=update.client_uniq_id,
+            client_ids=tuple(sorted(set(update.client_ids))),
+            phones=tuple(sorted(set(update.phones))),
+            emails=tuple(sorted(set(update.emails))),
+            name=update.name,
+            consent=True if update.consent is None else update.consent,
+            created_at=now,
+        )
+    return replace(
+        current,
+        client_ids=union(current.client_ids, update.client_ids),
+        phones=union(current.phones, update.phones),
+        emails=union(current.emails, update.emails),
+        name=update.name if update.name is not None else current.name,
+        consent=update.consent if update.consent is not None else current.consent,
+    )
+
+
+def last_per_deal(orders: Iterable[OrderState]) -> list[OrderState]:
+    """One row per deal (the last given wins, as two upserts in a row would), in key order."""
+    by_deal = {order.deal_id: order for order in orders}
+    return [by_deal[deal] for deal in sorted(by_deal)]
+
+
+def first_per_event(parked: Iterable[ParkedEvent]) -> list[ParkedEvent]:
+    by_event: dict[str, ParkedEvent] = {}
+    for event in parked:
+        by_event.setdefault(event.event_id, event)
+    return [by_event[eid] for eid in sorted(by_event)]
+
+
+def park_order(event: ParkedEvent) -> tuple[str, datetime, int, int, str, int, int, str]:
+    """Deal, then (occurred_at, version); events without a version first, then by offset."""
+    version = event.version
+    return (
+        event.deal_id,
+        event.occurred_at,
+        0 if version is None else 1,
+        0 if version is None else version,
+        event.topic,
+        event.partition,
+        event.offset,
+        event.event_id,
+    )
+
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")
+
+
+def migrations(dialect: str) -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` of the packaged migrations of a dialect, in version order."""
+    folder = resources.files("metrica_bridge.store").joinpath("migrations", dialect)
+    found: list[tuple[int, str, str]] = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort()
+    versions = [version for version, _, _ in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two {dialect} migrations share a version number")
+    return found

@@ -1,0 +1,500 @@
+"""The PostgreSQL store, shared by several instances of the service.
+
+Every operation that several processes may race on is one statement whose row locks decide
+the winner: claims and the quota are ``INSERT … ON CONFLICT … DO UPDATE … WHERE … RETURNING``,
+identities merge inside the upsert (set union in SQL), parked events are leased with
+``SELECT … FOR UPDATE SKIP LOCKED``. Batches go in as arrays (``unnest``) so a call costs one
+round trip per table, whatever the number of rows, and rows are sent in key order so concurrent
+transactions lock them in the same order (no deadlocks).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import Connection
+
+from metrica_bridge.store.base import (
+    Changes,
+    Identity,
+    IdentityUpdate,
+    LedgerEntry,
+    OrderState,
+    ParkedEvent,
+    StoreError,
+)
+from metrica_bridge.store.codec import (
+    decode_headers,
+    decode_payments,
+    encode_headers,
+    encode_payments,
+    first_per_event,
+    fold_updates,
+    last_per_deal,
+    migrations,
+    park_order,
+    unique,
+    utc,
+)
+
+# pg_advisory_lock key serialising migrations across instances ("metrica-bridge" in ASCII).
+MIGRATION_LOCK_KEY = 0x6D65747269636162
+
+Conn = Connection[tuple[Any, ...]]
+
+
+def _opt_utc(dt: datetime | None) -> datetime | None:
+    return None if dt is None else utc(dt)
+
+
+def _error(op: str, exc: Exception) -> StoreError:
+    """A message without data values: the class, the SQLSTATE and libpq's primary message."""
+    text = ""
+    if isinstance(exc, psycopg.Error):
+        primary = exc.diag.message_primary
+        text = primary if primary else (str(exc).splitlines() or [""])[0]
+        if exc.sqlstate:
+            text = f"[{exc.sqlstate}] {text}"
+    return StoreError(f"store {op} failed: {type(exc).__name__} {text}".rstrip())
+
+
+class PostgresStore:
+    """``Store`` on PostgreSQL through a psycopg connection pool."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        connect_timeout_s: float = 30.0,
+        display_url: str = "postgresql://…",
+    ) -> None:
+        self.display_url = display_url  # the URL with its password removed, for messages
+        self._pool: psycopg_pool.ConnectionPool[Conn] = psycopg_pool.ConnectionPool(
+            conninfo=url,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            configure=_configure,
+            open=False,
+            name="metrica-bridge-store",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout_s)
+        except (psycopg_pool.PoolTimeout, psycopg.Error) as exc:
+            self._pool.close()
+            raise StoreError(
+                f"cannot connect to PostgreSQL store {display_url}: {type(exc).__name__}"
+            ) from None
+
+    @contextmanager
+    def _conn(self, op: str) -> Iterator[Conn]:
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _error(op, exc) from None
+        except psycopg_pool.PoolClosed:
+            raise StoreError("store is closed") from None
+
+    # lifecycle
+
+    def migrate(self) -> int:
+        with self._conn("migrate") as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+                current = max(applied, default=0)
+                for version, name, sql in migrations("postgres"):
+                    if version in applied:
+                        continue
+                    with conn.transaction():
+                        conn.execute(sql.encode("utf-8"))  # no parameters: several statements
+                        conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                            (version, name),
+                        )
+                    current = max(current, version)
+                return current
+            finally:
+                if not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+    def ping(self) -> bool:
+        try:
+            with self._conn("ping") as conn:
+                conn.execute("SELECT 1").fetchone()
+        except StoreError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # ledger
+
+    def outcomes(self, event_ids: Iterable[str]) -> dict[str, LedgerEntry]:
+        keys = unique(event_ids)
+        if not keys:
+            return {}
+        with self._conn("outcomes") as conn:
+            rows = conn.execute(
+                "SELECT event_id, topic, outcome, detail, upload_id, recorded_at"
+                " FROM ledger WHERE event_id = ANY(%s)",
+                (keys,),
+            ).fetchall()
+        return {
+            row[0]: LedgerEntry(
+                event_id=row[0],
+                topic=row[1],
+                outcome=row[2],
+                detail=row[3],
+                upload_id=row[4],
+                recorded_at=utc(row[5]),
+            )
+            for row in rows
+        }
+
+    def purge_ledger(self, older_than: datetime) -> int:
+        with self._conn("purge_ledger") as conn:
+            cur = conn.execute("DELETE FROM ledger WHERE recorded_at < %s", (utc(older_than),))
+            return cur.rowcount
+
+    # identities
+
+    def merge_identities(self, updates: Sequence[IdentityUpdate]) -> dict[str, Identity]:
+        folded = fold_updates(updates)
+        if not folded:
+            return {}
+        rows = [folded[cid] for cid in sorted(folded)]
+        with self._conn("merge_identities") as conn:
+            result = conn.execute(
+                "INSERT INTO identities AS i (client_uniq_id, client_ids, phones, emails, name,"
+                " consent)"
+                " SELECT u.cid, ARRAY(SELECT jsonb_array_elements_text(u.ids)),"
+                "  ARRAY(SELECT jsonb_array_elements_text(u.phones)),"
+                "  ARRAY(SELECT jsonb_array_elements_text(u.emails)), u.name, u.consent"
+                " FROM unnest(%s::text[], %s::jsonb[], %s::jsonb[], %s::jsonb[], %s::text[],"
+                "  %s::boolean[]) AS u(cid, ids, phones, emails, name, consent)"
+                " ORDER BY u.cid"
+                " ON CONFLICT (client_uniq_id) DO UPDATE SET"
+                "  client_ids = ARRAY(SELECT DISTINCT unnest(i.client_ids || EXCLUDED.client_ids)),"
+                "  phones = ARRAY(SELECT DISTINCT unnest(i.phones || EXCLUDED.phones)),"
+                "  emails = ARRAY(SELECT DISTINCT unnest(i.emails || EXCLUDED.emails)),"
+                "  name = COALESCE(EXCLUDED.name, i.name),"
+                "  consent = COALESCE(EXCLUDED.consent, i.consent)"
+                " RETURNING " + _IDENTITY_COLUMNS,
+                (
+                    [u.client_uniq_id for u in rows],
+                    [json.dumps(list(u.client_ids)) for u in rows],
+                    [json.dumps(list(u.phones)) for u in rows],
+                    [json.dumps(list(u.emails)) for u in rows],
+                    [u.name for u in rows],
+                    [u.consent for u in rows],
+                ),
+            ).fetchall()
+        return {row[0]: _identity(row) for row in result}
+
+    def identities(self, client_uniq_ids: Iterable[str]) -> dict[str, Identity]:
+        keys = unique(client_uniq_ids)
+        if not keys:
+            return {}
+        with self._conn("identities") as conn:
+            rows = conn.execute(
+                f"SELECT {_IDENTITY_COLUMNS} FROM identities WHERE client_uniq_id = ANY(%s)",
+                (keys,),
+            ).fetchall()
+        return {row[0]: _identity(row) for row in rows}
+
+    # orders
+
+    def orders(self, deal_ids: Iterable[str]) -> dict[str, OrderState]:
+        keys = unique(deal_ids)
+        if not keys:
+            return {}
+        with self._conn("orders") as conn:
+            rows = conn.execute(
+                "SELECT deal_id, client_uniq_id, created_at, applied_at, applied_version, status,"
+                " revenue, cost, currency, deal_amount, payments, sent"
+                " FROM orders WHERE deal_id = ANY(%s)",
+                (keys,),
+            ).fetchall()
+        return {
+            row[0]: OrderState(
+                deal_id=row[0],
+                client_uniq_id=row[1],
+                created_at=_opt_utc(row[2]),
+                applied_at=_opt_utc(row[3]),
+                applied_version=row[4],
+                status=row[5],
+                revenue=row[6],
+                cost=row[7],
+                currency=row[8],
+                deal_amount=row[9],
+                payments=decode_payments(row[10]),
+                sent=row[11],
+            )
+            for row in rows
+        }
+
+    def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> set[str]:
+        keys = unique(deal_ids)
+        if not keys:
+            return set()
+        with self._conn("claim_orders") as conn:
+            rows = conn.execute(
+                "INSERT INTO order_claims AS c (deal_id, owner, expires_at)"
+                " SELECT d, %s, now() + %s * interval '1 second' FROM unnest(%s::text[]) AS d"
+                " ON CONFLICT (deal_id) DO UPDATE"
+                " SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at"
+                ""
+                " RETURNING deal_id",
+                (owner, lease_s, keys),
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def renew_claims(self, owner: str, lease_s: float) -> int:
+        with self._conn("renew_claims") as conn:
+            cur = conn.execute(
+                "UPDATE order_claims SET expires_at = now() + %s * interval '1 second'"
+                " WHERE owner = %s AND expires_at > now()",
+                (lease_s, owner),
+            )
+            return cur.rowcount
+
+    # parked events
+
+    def parked_deals(self, deal_ids: Iterable[str]) -> set[str]:
+        keys = unique(deal_ids)
+        if not keys:
+            return set()
+        with self._conn("parked_deals") as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT deal_id FROM parked WHERE deal_id = ANY(%s::text[])", (keys,)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def take_ready_parked(
+        self,
+        topics: Iterable[str],
+        owner: str,
+        lease_s: float,
+        expired_before: datetime,
+        limit: int,
+    ) -> list[ParkedEvent]:
+        topic_list = unique(topics)
+        if not topic_list or limit <= 0:
+            return []
+        with self._conn("take_ready_parked") as conn:
+            rows = conn.execute(
+                "WITH ready AS ("
+                " SELECT p.event_id FROM parked p"
+                " WHERE p.topic = ANY(%(topics)s) AND p.lease_expires_at <= now()"
+                "  AND (p.parked_at < %(expired)s OR EXISTS (SELECT 1 FROM identities i"
+                "   WHERE i.client_uniq_id = p.client_uniq_id AND i.has_identifier))"
+                " ORDER BY p.deal_id, p.occurred_at, p.version NULLS FIRST, p.topic,"
+                "  p.kafka_partition, p.kafka_offset, p.event_id"
+                " LIMIT %(limit)s FOR UPDATE OF p SKIP LOCKED)"
+                " UPDATE parked SET lease_owner = %(owner)s,"
+                "  lease_expires_at = now() + %(lease)s * interval '1 second'"
+                " FROM ready WHERE parked.event_id = ready.event_id"
+                " RETURNING parked.event_id, parked.topic, parked.kafka_partition,"
+                "  parked.kafka_offset, parked.record_key, parked.record_value, parked.headers,"
+                "  parked.client_uniq_id, parked.deal_id, parked.occurred_at, parked.version,"
+                "  parked.parked_at, parked.timestamp_ms",
+                {
+                    "topics": topic_list,
+                    "expired": utc(expired_before),
+                    "limit": limit,
+                    "owner": owner,
+                    "lease": lease_s,
+                },
+            ).fetchall()
+        events = [
+            ParkedEvent(
+                event_id=row[0],
+                topic=row[1],
+                partition=row[2],
+                offset=row[3],
+                key=None if row[4] is None else bytes(row[4]),
+                value=bytes(row[5]),
+                headers=decode_headers(row[6]),
+                client_uniq_id=row[7],
+                deal_id=row[8],
+                occurred_at=utc(row[9]),
+                version=row[10],
+                parked_at=utc(row[11]),
+                timestamp_ms=row[12],
+            )
+            for row in rows
+        ]
+        events.sort(key=park_order)  # RETURNING promises no order
+        return events
+
+    def parked_count(self) -> int:
+        with self._conn("parked_count") as conn:
+            row = conn.execute("SELECT count(*) FROM parked").fetchone()
+        return 0 if row is None else int(row[0])
+
+    # quota
+
+    def take_quota(self, day: str, limit: int, n: int = 1) -> bool:
+        if n < 0:
+            raise ValueError("n must not be negative")
+        if n > limit:
+            return False
+        with self._conn("take_quota") as conn:
+            row = conn.execute(
+                "INSERT INTO quota AS q (day, used) VALUES (%s, %s)"
+                " ON CONFLICT (day) DO UPDATE SET used = q.used + EXCLUDED.used"
+                " RETURNING used",
+                (day, n, limit),
+            ).fetchone()
+        return row is not None
+
+    def quota_used(self, day: str) -> int:
+        with self._conn("quota_used") as conn:
+            row = conn.execute("SELECT used FROM quota WHERE day = %s", (day,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    # the unit of work
+
+    def apply(self, changes: Changes) -> None:
+        if not changes:
+            return
+        with self._conn("apply") as conn, conn.transaction():
+            _apply(conn, changes)
+
+
+_IDENTITY_COLUMNS = (
+    "client_uniq_id, client_ids, phones, emails, name, consent, uploaded_fingerprint, created_at"
+)
+
+
+def _identity(row: Sequence[Any]) -> Identity:
+    return Identity(
+        client_uniq_id=row[0],
+        client_ids=tuple(sorted(set(row[1]))),
+        phones=tuple(sorted(set(row[2]))),
+        emails=tuple(sorted(set(row[3]))),
+        name=row[4],
+        consent=True if row[5] is None else bool(row[5]),  # NULL: never stated, default on
+        uploaded_fingerprint=row[6],
+        created_at=utc(row[7]),
+    )
+
+
+def _configure(conn: Conn) -> None:
+    conn.execute("SET TIME ZONE 'UTC'")
+
+
+def _apply(conn: Conn, changes: Changes) -> None:
+    if changes.ledger:
+        seen: dict[str, LedgerEntry] = {}
+        for entry in changes.ledger:
+            seen.setdefault(entry.event_id, entry)  # the first outcome wins within a batch too
+        ledger = [seen[eid] for eid in sorted(seen)]
+        conn.execute(
+            "INSERT INTO ledger (event_id, topic, outcome, detail, upload_id, recorded_at)"
+            " SELECT e, t, o, d, u, COALESCE(r, now())"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
+            "  %s::timestamptz[]) AS x(e, t, o, d, u, r)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            (
+                [e.event_id for e in ledger],
+                [e.topic for e in ledger],
+                [e.outcome for e in ledger],
+                [e.detail for e in ledger],
+                [e.upload_id for e in ledger],
+                [_opt_utc(e.recorded_at) for e in ledger],
+            ),
+        )
+    if changes.orders:
+        orders = last_per_deal(changes.orders)
+        conn.execute(
+            "INSERT INTO orders (deal_id, client_uniq_id, created_at, applied_at,"
+            " applied_version, status, revenue, cost, currency, deal_amount, payments, sent)"
+            " SELECT d, c, ca, aa, av, s, r, co, cu, da, p::jsonb, se"
+            " FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],"
+            "  %s::bigint[], %s::text[], %s::numeric[], %s::numeric[], %s::text[],"
+            "  %s::numeric[], %s::text[], %s::boolean[])"
+            "  AS x(d, c, ca, aa, av, s, r, co, cu, da, p, se)"
+            " ON CONFLICT (deal_id) DO UPDATE SET client_uniq_id = EXCLUDED.client_uniq_id,"
+            " created_at = EXCLUDED.created_at, applied_at = EXCLUDED.applied_at,"
+            " applied_version = EXCLUDED.applied_version, status = EXCLUDED.status,"
+            " revenue = EXCLUDED.revenue, cost = EXCLUDED.cost, currency = EXCLUDED.currency,"
+            " deal_amount = EXCLUDED.deal_amount, payments = EXCLUDED.payments,"
+            " sent = EXCLUDED.sent",
+            (
+                [o.deal_id for o in orders],
+                [o.client_uniq_id for o in orders],
+                [_opt_utc(o.created_at) for o in orders],
+                [_opt_utc(o.applied_at) for o in orders],
+                [o.applied_version for o in orders],
+                [o.status for o in orders],
+                [o.revenue for o in orders],
+                [o.cost for o in orders],
+                [o.currency for o in orders],
+                [o.deal_amount for o in orders],
+                [encode_payments(o.payments) for o in orders],
+                [o.sent for o in orders],
+            ),
+        )
+    if changes.contacts_uploaded:
+        contacts = sorted(changes.contacts_uploaded.items())
+        conn.execute(
+            "INSERT INTO identities AS i (client_uniq_id, uploaded_fingerprint)"
+            " SELECT * FROM unnest(%s::text[], %s::text[])"
+            " ON CONFLICT (client_uniq_id) DO UPDATE"
+            " SET uploaded_fingerprint = EXCLUDED.uploaded_fingerprint",
+            ([cid for cid, _ in contacts], [fp for _, fp in contacts]),
+        )
+    if changes.release_claims:
+        conn.execute(
+            "DELETE FROM order_claims WHERE deal_id = ANY(%s::text[])",
+            (unique(changes.release_claims),),
+        )
+    if changes.park:
+        park = first_per_event(changes.park)
+        conn.execute(
+            "INSERT INTO parked (event_id, topic, kafka_partition, kafka_offset, record_key,"
+            " record_value, headers, client_uniq_id, deal_id, occurred_at, version, parked_at,"
+            " timestamp_ms)"
+            " SELECT e, t, pa, o, k, v, h::jsonb, c, d, oa, ve, pk, ts"
+            " FROM unnest(%s::text[], %s::text[], %s::integer[], %s::bigint[], %s::bytea[],"
+            "  %s::bytea[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],"
+            "  %s::bigint[], %s::timestamptz[], %s::bigint[])"
+            "  AS x(e, t, pa, o, k, v, h, c, d, oa, ve, pk, ts)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            (
+                [p.event_id for p in park],
+                [p.topic for p in park],
+                [p.partition for p in park],
+                [p.offset for p in park],
+                [p.key for p in park],
+                [p.value for p in park],
+                [encode_headers(p.headers) for p in park],
+                [p.client_uniq_id for p in park],
+                [p.deal_id for p in park],
+                [utc(p.occurred_at) for p in park],
+                [p.version for p in park],
+                [utc(p.parked_at) for p in park],
+                [p.timestamp_ms for p in park],
+            ),
+        )
+    if changes.unpark:
+        conn.execute(
+            "DELETE FROM parked WHERE event_id = ANY(%s::text[])", (unique(changes.unpark),)
+        )

@@ -1,0 +1,575 @@
+"""The embedded SQLite store: one file, shared by the threads and processes of one host.
+
+One connection per store object, guarded by a lock: the engine's worker threads take turns
+(SQLite writes one transaction at a time anyway), and every read-then-write runs under
+``BEGIN IMMEDIATE`` so other processes on the same file wait on the busy timeout instead of
+failing when a read lock would have to be upgraded.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from metrica_bridge.store.base import (
+    Changes,
+    Identity,
+    IdentityUpdate,
+    LedgerEntry,
+    OrderState,
+    ParkedEvent,
+    StoreError,
+)
+from metrica_bridge.store.codec import (
+    chunks,
+    decode_headers,
+    decode_payments,
+    encode_headers,
+    encode_payments,
+    first_per_event,
+    fold_updates,
+    from_us,
+    last_per_deal,
+    merge_identity,
+    migrations,
+    now_utc,
+    park_order,
+    to_us,
+    unique,
+)
+
+# Well under SQLite's bound-parameter limit for every statement below.
+_CHUNK = 500
+_MIN_VERSION = (3, 24, 0)  # UPSERT
+
+
+def _opt_us(dt: datetime | None) -> int | None:
+    return None if dt is None else to_us(dt)
+
+
+def _opt_dt(us: int | None) -> datetime | None:
+    return None if us is None else from_us(us)
+
+
+def _opt_dec(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_decimal(raw: str | None) -> Decimal | None:
+    return None if raw is None else Decimal(raw)
+
+
+def _ids(raw: str) -> tuple[str, ...]:
+    return tuple(sorted(json.loads(raw)))
+
+
+def _json_ids(values: Sequence[str]) -> str:
+    return json.dumps(list(values), separators=(",", ":"))
+
+
+class SqliteStore:
+    """``Store`` on a SQLite file (WAL, ``synchronous=NORMAL``)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        if sqlite3.sqlite_version_info < _MIN_VERSION:
+            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old (3.24 or later needed)")
+        self.path = str(path)
+        self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout_s,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # the lock serialises use across threads
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            self._set_wal(busy_timeout_s)
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA temp_store = MEMORY")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from None
+        self._closed = False
+
+    def _set_wal(self, busy_timeout_s: float) -> None:
+        # Switching to WAL needs an exclusive lock; processes starting together may collide once.
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+                continue
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL refused")
+            return
+
+    # plumbing
+
+    @contextmanager
+    def _read(self, op: str) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._check_open()
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {op} failed: {type(exc).__name__}: {exc}") from None
+
+    @contextmanager
+    def _write(self, op: str) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction: the write lock is taken before anything is read."""
+        with self._lock:
+            self._check_open()
+            conn = self._conn
+            try:
+                conn.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {op} failed: {type(exc).__name__}: {exc}") from None
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                # SQLite may have rolled back already (e.g. on SQLITE_FULL)
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"store {op} failed: {type(exc).__name__}: {exc}") from None
+                raise
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+
+    def _select_in(
+        self,
+        conn: sqlite3.Connection,
+        sql: str,
+        keys: Sequence[str],
+        extra: Sequence[Any] = (),
+    ) -> Iterator[sqlite3.Row | tuple[Any, ...]]:
+        """Run ``sql`` (with one ``{marks}`` placeholder list) over ``keys`` in chunks."""
+        for part in chunks(keys, _CHUNK):
+            marks = ",".join("?" * len(part))
+            yield from conn.execute(sql.format(marks=marks), [*part, *extra])
+
+    # lifecycle
+
+    def migrate(self) -> int:
+        with self._write("migrate") as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+            )
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            current = max(applied, default=0)
+            for version, name, sql in migrations("sqlite"):
+                if version in applied:
+                    continue
+                for statement in _statements(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (version, name, to_us(now_utc())),
+                )
+                current = max(current, version)
+            return current
+
+    def ping(self) -> bool:
+        try:
+            with self._read("ping") as conn:
+                conn.execute("SELECT 1").fetchone()
+        except StoreError:
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # ledger
+
+    def outcomes(self, event_ids: Iterable[str]) -> dict[str, LedgerEntry]:
+        keys = unique(event_ids)
+        if not keys:
+            return {}
+        sql = (
+            "SELECT event_id, topic, outcome, detail, upload_id, recorded_at"
+            " FROM ledger WHERE event_id IN ({marks})"
+        )
+        with self._read("outcomes") as conn:
+            return {
+                row[0]: LedgerEntry(
+                    event_id=row[0],
+                    topic=row[1],
+                    outcome=row[2],
+                    detail=row[3],
+                    upload_id=row[4],
+                    recorded_at=from_us(row[5]),
+                )
+                for row in self._select_in(conn, sql, keys)
+            }
+
+    def purge_ledger(self, older_than: datetime) -> int:
+        with self._write("purge_ledger") as conn:
+            cur = conn.execute("DELETE FROM ledger WHERE recorded_at < ?", (to_us(older_than),))
+            return cur.rowcount
+
+    # identities
+
+    def merge_identities(self, updates: Sequence[IdentityUpdate]) -> dict[str, Identity]:
+        folded = fold_updates(updates)
+        if not folded:
+            return {}
+        now = now_utc()
+        with self._write("merge_identities") as conn:
+            current = self._identities(conn, sorted(folded))
+            merged = {
+                cid: merge_identity(current.get(cid), update, now) for cid, update in folded.items()
+            }
+            conn.executemany(
+                "INSERT INTO identities (client_uniq_id, client_ids, phones, emails, name,"
+                " consent, has_identifier, uploaded_fingerprint, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (client_uniq_id) DO UPDATE SET client_ids = excluded.client_ids,"
+                " phones = excluded.phones, emails = excluded.emails, name = excluded.name,"
+                " consent = excluded.consent, has_identifier = excluded.has_identifier",
+                [
+                    (
+                        ident.client_uniq_id,
+                        _json_ids(ident.client_ids),
+                        _json_ids(ident.phones),
+                        _json_ids(ident.emails),
+                        ident.name,
+                        int(ident.consent),
+                        int(ident.has_identifier()),
+                        ident.uploaded_fingerprint,
+                        to_us(ident.created_at or now),
+                    )
+                    for _, ident in sorted(merged.items())
+                ],
+            )
+            return merged
+
+    def identities(self, client_uniq_ids: Iterable[str]) -> dict[str, Identity]:
+        keys = unique(client_uniq_ids)
+        if not keys:
+            return {}
+        with self._read("identities") as conn:
+            return self._identities(conn, keys)
+
+    def _identities(self, conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Identity]:
+        sql = (
+            "SELECT client_uniq_id, client_ids, phones, emails, name, consent,"
+            " uploaded_fingerprint, created_at FROM identities WHERE client_uniq_id IN ({marks})"
+        )
+        return {
+            row[0]: Identity(
+                client_uniq_id=row[0],
+                client_ids=_ids(row[1]),
+                phones=_ids(row[2]),
+                emails=_ids(row[3]),
+                name=row[4],
+                consent=bool(row[5]),
+                uploaded_fingerprint=row[6],
+                created_at=from_us(row[7]),
+            )
+            for row in self._select_in(conn, sql, keys)
+        }
+
+    # orders
+
+    def orders(self, deal_ids: Iterable[str]) -> dict[str, OrderState]:
+        keys = unique(deal_ids)
+        if not keys:
+            return {}
+        sql = (
+            "SELECT deal_id, client_uniq_id, created_at, applied_at, applied_version, status,"
+            " revenue, cost, currency, deal_amount, payments, sent"
+            " FROM orders WHERE deal_id IN ({marks})"
+        )
+        with self._read("orders") as conn:
+            return {
+                row[0]: OrderState(
+                    deal_id=row[0],
+                    client_uniq_id=row[1],
+                    created_at=_opt_dt(row[2]),
+                    applied_at=_opt_dt(row[3]),
+                    applied_version=row[4],
+                    status=row[5],
+                    revenue=_opt_decimal(row[6]),
+                    cost=_opt_decimal(row[7]),
+                    currency=row[8],
+                    deal_amount=_opt_decimal(row[9]),
+                    payments=decode_payments(row[10]),
+                    sent=bool(row[11]),
+                )
+                for row in self._select_in(conn, sql, keys)
+            }
+
+    def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> set[str]:
+        keys = unique(deal_ids)
+        if not keys:
+            return set()
+        claimed: set[str] = set()
+        with self._write("claim_orders") as conn:
+            now = to_us(now_utc())
+            expires = now + _lease_us(lease_s)
+            for part in chunks(keys, _CHUNK):
+                marks = ",".join("?" * len(part))
+                # Inside the IMMEDIATE transaction nobody else can change the claims between
+                # this read and the upsert below.
+                live = {
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT deal_id FROM order_claims WHERE deal_id IN ({marks})"
+                        " AND expires_at > ?",
+                        [*part, now],
+                    )
+                }
+                free = [deal for deal in part if deal not in live]
+                conn.executemany(
+                    "INSERT INTO order_claims (deal_id, owner, expires_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (deal_id) DO UPDATE SET owner = excluded.owner,"
+                    " expires_at = excluded.expires_at",
+                    [(deal, owner, expires) for deal in free],
+                )
+                claimed.update(free)
+        return claimed
+
+    def renew_claims(self, owner: str, lease_s: float) -> int:
+        with self._write("renew_claims") as conn:
+            now = to_us(now_utc())
+            cur = conn.execute(
+                "UPDATE order_claims SET expires_at = ? WHERE owner = ? AND expires_at > ?",
+                (now + _lease_us(lease_s), owner, now),
+            )
+            return cur.rowcount
+
+    # parked events
+
+    def parked_deals(self, deal_ids: Iterable[str]) -> set[str]:
+        keys = unique(deal_ids)
+        if not keys:
+            return set()
+        sql = "SELECT DISTINCT deal_id FROM parked WHERE deal_id IN ({marks})"
+        with self._read("parked_deals") as conn:
+            return {row[0] for row in self._select_in(conn, sql, keys)}
+
+    def take_ready_parked(
+        self,
+        topics: Iterable[str],
+        owner: str,
+        lease_s: float,
+        expired_before: datetime,
+        limit: int,
+    ) -> list[ParkedEvent]:
+        topic_list = unique(topics)
+        if not topic_list or limit <= 0:
+            return []
+        marks = ",".join("?" * len(topic_list))
+        with self._write("take_ready_parked") as conn:
+            now = to_us(now_utc())
+            rows = conn.execute(
+                "SELECT p.event_id, p.topic, p.kafka_partition, p.kafka_offset, p.record_key,"
+                " p.record_value, p.headers, p.client_uniq_id, p.deal_id, p.occurred_at,"
+                " p.version, p.parked_at, p.timestamp_ms"
+                f" FROM parked p WHERE p.topic IN ({marks}) AND p.lease_expires_at <= ?"
+                " AND (p.parked_at < ? OR EXISTS (SELECT 1 FROM identities i"
+                "  WHERE i.client_uniq_id = p.client_uniq_id AND i.has_identifier = 1))"
+                " ORDER BY p.deal_id, p.occurred_at, p.version, p.topic, p.kafka_partition,"
+                " p.kafka_offset, p.event_id LIMIT ?",
+                [*topic_list, now, to_us(expired_before), limit],
+            ).fetchall()
+            conn.executemany(
+                "UPDATE parked SET lease_owner = ?, lease_expires_at = ? WHERE event_id = ?",
+                [(owner, now + _lease_us(lease_s), row[0]) for row in rows],
+            )
+        events = [
+            ParkedEvent(
+                event_id=row[0],
+                topic=row[1],
+                partition=row[2],
+                offset=row[3],
+                key=row[4],
+                value=row[5],
+                headers=decode_headers(row[6]),
+                client_uniq_id=row[7],
+                deal_id=row[8],
+                occurred_at=from_us(row[9]),
+                version=row[10],
+                parked_at=from_us(row[11]),
+                timestamp_ms=row[12],
+            )
+            for row in rows
+        ]
+        events.sort(key=park_order)
+        return events
+
+    def parked_count(self) -> int:
+        with self._read("parked_count") as conn:
+            return int(conn.execute("SELECT count(*) FROM parked").fetchone()[0])
+
+    # quota
+
+    def take_quota(self, day: str, limit: int, n: int = 1) -> bool:
+        if n < 0:
+            raise ValueError("n must not be negative")
+        if n > limit:
+            return False
+        with self._write("take_quota") as conn:
+            cur = conn.execute(
+                "INSERT INTO quota (day, used) VALUES (?, ?) ON CONFLICT (day) DO UPDATE"
+                " SET used = used + excluded.used WHERE used + excluded.used <= ?",
+                (day, n, limit),
+            )
+            return cur.rowcount == 1
+
+    def quota_used(self, day: str) -> int:
+        with self._read("quota_used") as conn:
+            row = conn.execute("SELECT used FROM quota WHERE day = ?", (day,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+    # the unit of work
+
+    def apply(self, changes: Changes) -> None:
+        if not changes:
+            return
+        with self._write("apply") as conn:
+            for step in _apply_steps(changes):
+                step(conn)
+
+
+def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object]]:
+    now = to_us(now_utc())
+    steps: list[Callable[[sqlite3.Connection], object]] = []
+    if changes.ledger:
+        rows = [
+            (
+                e.event_id,
+                e.topic,
+                e.outcome,
+                e.detail,
+                e.upload_id,
+                now if e.recorded_at is None else to_us(e.recorded_at),
+            )
+            for e in changes.ledger
+        ]
+        steps.append(
+            lambda c: c.executemany(
+                "INSERT INTO ledger (event_id, topic, outcome, detail, upload_id, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                rows,
+            )
+        )
+    if changes.orders:
+        order_rows = [
+            (
+                o.deal_id,
+                o.client_uniq_id,
+                _opt_us(o.created_at),
+                _opt_us(o.applied_at),
+                o.applied_version,
+                o.status,
+                _opt_dec(o.revenue),
+                _opt_dec(o.cost),
+                o.currency,
+                _opt_dec(o.deal_amount),
+                encode_payments(o.payments),
+                int(o.sent),
+            )
+            for o in last_per_deal(changes.orders)
+        ]
+        steps.append(
+            lambda c: c.executemany(
+                "INSERT INTO orders (deal_id, client_uniq_id, created_at, applied_at,"
+                " applied_version, status, revenue, cost, currency, deal_amount, payments, sent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (deal_id) DO UPDATE SET client_uniq_id = excluded.client_uniq_id,"
+                " created_at = excluded.created_at, applied_at = excluded.applied_at,"
+                " applied_version = excluded.applied_version, status = excluded.status,"
+                " revenue = excluded.revenue, cost = excluded.cost, currency = excluded.currency,"
+                " deal_amount = excluded.deal_amount, payments = excluded.payments,"
+                " sent = excluded.sent",
+                order_rows,
+            )
+        )
+    if changes.contacts_uploaded:
+        contact_rows = [(cid, fp, now) for cid, fp in sorted(changes.contacts_uploaded.items())]
+        steps.append(
+            lambda c: c.executemany(
+                "INSERT INTO identities (client_uniq_id, uploaded_fingerprint, created_at)"
+                " VALUES (?, ?, ?) ON CONFLICT (client_uniq_id) DO UPDATE"
+                " SET uploaded_fingerprint = excluded.uploaded_fingerprint",
+                contact_rows,
+            )
+        )
+    if changes.release_claims:
+        released = [(deal,) for deal in unique(changes.release_claims)]
+        steps.append(
+            lambda c: c.executemany("DELETE FROM order_claims WHERE deal_id = ?", released)
+        )
+    if changes.park:
+        park_rows = [
+            (
+                p.event_id,
+                p.topic,
+                p.partition,
+                p.offset,
+                p.key,
+                p.value,
+                encode_headers(p.headers),
+                p.client_uniq_id,
+                p.deal_id,
+                to_us(p.occurred_at),
+                p.version,
+                to_us(p.parked_at),
+                p.timestamp_ms,
+            )
+            for p in first_per_event(changes.park)
+        ]
+        steps.append(
+            lambda c: c.executemany(
+                "INSERT INTO parked (event_id, topic, kafka_partition, kafka_offset, record_key,"
+                " record_value, headers, client_uniq_id, deal_id, occurred_at, version,"
+                " parked_at, timestamp_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                park_rows,
+            )
+        )
+    if changes.unpark:
+        unparked = [(eid,) for eid in unique(changes.unpark)]
+        steps.append(lambda c: c.executemany("DELETE FROM parked WHERE event_id = ?", unparked))
+    return steps
+
+
+def _lease_us(lease_s: float) -> int:
+    return int(timedelta(seconds=lease_s) / timedelta(microseconds=1))
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements (``executescript`` would commit our transaction)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            buffer = ""
+            if statement.strip(";").strip() and not _only_comments(statement):
+                yield statement
+    if buffer.strip() and not _only_comments(buffer):
+        raise ValueError("migration ends with an incomplete statement")
+
+
+def _only_comments(text: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+from metrica_bridge.store import Changes, IdentityUpdate, Store
+from tests.store.builders import T0, parked, run_together
+from tests.store.conftest import StoreFactory
+
+TOPICS = ["deal-status-changed", "payment-received"]
+LONG_AGO = T0 - timedelta(days=365)  # nothing is that old: no event expires
+
+
+def test_park_round_trip_and_parked_deals(store: Store) -> None:
+    event = parked("e1", "d1", "c1", version=4)
+    store.apply(Changes(park=[event, parked("e2", "d2", "c2")]))
+    store.apply(Changes(park=[parked("e1", "d9", "c9")]))  # same event again: the first stays
+    assert store.parked_count() == 2
+    assert store.parked_deals(["d1", "d2", "d3", "d9"]) == {"d1", "d2"}
+    store.merge_identities([IdentityUpdate("c1", client_ids=("1",))])
+    taken = store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)
+    assert taken == [event]
+    assert taken[0].occurred_at.utcoffset() == timedelta(0)
+    assert taken[0].parked_at.utcoffset() == timedelta(0)
+
+
+def test_key_may_be_missing(store: Store) -> None:
+    event = parked("e1", "d1", "c1")
+    event = type(event)(**{**{f: getattr(event, f) for f in event.__slots__}, "key": None})
+    store.apply(Changes(park=[event]))
+    taken = store.take_ready_parked(TOPICS, "w", 60, T0 + timedelta(seconds=1), 10)
+    assert taken == [event]
+
+
+def test_events_wait_for_an_identifier(store: Store) -> None:
+    store.apply(
+        Changes(
+            park=[
+                parked("e1", "d1", "c1"),
+                parked("e2", "d2", "c2"),
+                parked("e3", "d3", "c3"),
+            ]
+        )
+    )
+    store.merge_identities(
+        [
+            IdentityUpdate("c1", phones=("79990000001",), consent=False),  # unusable
+            IdentityUpdate("c2", emails=("a@example.com",)),
+        ]
+    )
+    assert [e.event_id for e in store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)] == ["e2"]
+    store.merge_identities([IdentityUpdate("c1", client_ids=("123",))])
+    assert [e.event_id for e in store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)] == ["e1"]
+    assert store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10) == []
+
+
+def test_events_parked_too_long_come_out_without_identity(store: Store) -> None:
+    store.apply(
+        Changes(
+            park=[
+                parked("old", "d1", "c1", parked_at=T0 - timedelta(hours=2)),
+                parked("young", "d2", "c2", parked_at=T0),
+            ]
+        )
+    )
+    taken = store.take_ready_parked(TOPICS, "w", 60, T0 - timedelta(hours=1), 10)
+    assert [e.event_id for e in taken] == ["old"]
+
+
+def test_order_topics_and_limit(store: Store) -> None:
+    events = [
+        parked("b-late", "b", "c1", at_s=10, offset=5),
+        parked("b-v2", "b", "c1", at_s=5, version=2, topic="payment-received"),
+        parked("b-v1", "b", "c1", at_s=5, version=1),
+        parked("b-nov", "b", "c1", at_s=5),
+        parked("a-1", "a", "c1", at_s=50),
+        parked("lead", "a", "c1", topic="lead-created"),
+    ]
+    store.apply(Changes(park=events))
+    store.merge_identities([IdentityUpdate("c1", client_ids=("1",))])
+    first = store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 3)
+    rest = store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)
+    assert [e.event_id for e in first] == ["a-1", "b-nov", "b-v1"]
+    assert [e.event_id for e in rest] == ["b-v2", "b-late"]
+    assert store.take_ready_parked(["lead-created"], "w", 60, LONG_AGO, 0) == []
+    assert store.take_ready_parked([], "w", 60, LONG_AGO, 10) == []
+
+
+def test_leases_expire_and_unpark_removes(store: Store) -> None:
+    store.apply(Changes(park=[parked("e1", "d1", "c1"), parked("e2", "d1", "c1", at_s=1)]))
+    store.merge_identities([IdentityUpdate("c1", client_ids=("1",))])
+    assert len(store.take_ready_parked(TOPICS, "crashed", 0, LONG_AGO, 10)) == 2
+    # the lease ran out (its holder died): someone else takes the events over
+    taken = store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)
+    assert [e.event_id for e in taken] == ["e1", "e2"]
+    assert store.take_ready_parked(TOPICS, "x", 60, LONG_AGO, 10) == []
+    store.apply(Changes(unpark=["e1"]))
+    assert store.parked_count() == 1
+    assert store.parked_deals(["d1"]) == {"d1"}
+    store.apply(Changes(unpark=["e2"]))
+    assert store.parked_count() == 0
+    assert store.parked_deals(["d1"]) == set()
+
+
+def test_concurrent_takers_never_share_an_event(make_store: StoreFactory) -> None:
+    seed = make_store()
+    seed.apply(
+        Changes(park=[parked(f"e{i:03d}", f"d{i % 17}", f"c{i % 3}", at_s=i) for i in range(150)])
+    )
+    seed.merge_identities([IdentityUpdate(f"c{k}", client_ids=(str(k),)) for k in range(3)])
+    stores = [make_store() for _ in range(4)]
+    taken: dict[int, list[str]] = {}
+
+    def run(i: int) -> None:
+        mine: list[str] = []
+        while batch := stores[i].take_ready_parked(TOPICS, f"w{i}", 60, LONG_AGO, 7):
+            mine += [e.event_id for e in batch]
+        taken[i] = mine
+
+    run_together(len(stores), run)
+    everything = [eid for mine in taken.values() for eid in mine]
+    assert len(taken) == len(stores)
+    assert sorted(everything) == [f"e{i:03d}" for i in range(150)]

@@ -1,0 +1,1 @@
+"""Helpers for tests that use real parts: the tansu broker and PostgreSQL from pgserver."""
