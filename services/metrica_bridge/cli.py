@@ -8,8 +8,11 @@ from __future__ import annotations
 import typer
 
 from metrica_bridge.commands import run
+from metrica_bridge.demo import demo
 from metrica_bridge.metrica.schema_sync import schema_sync
+from metrica_bridge.replay.command import replay_command
 from metrica_bridge.sandbox.command import sandbox as sandbox_command
+from metrica_bridge.simulate.command import simulate
 
 app = typer.Typer(
     name="metrica-bridge",
@@ -22,6 +25,9 @@ app.command("run")(run)
 app.command("sandbox")(sandbox_command)
 
 app.command("schema-sync")(schema_sync)
+app.command("simulate")(simulate)
+app.command("replay")(replay_command)
+app.command("demo")(demo)
 
 
 def main() -> None:

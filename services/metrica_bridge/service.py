@@ -7,11 +7,12 @@ import contextlib
 import signal
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import ConfigError, Settings
 from metrica_bridge.engine.parking import ParkSweeper
-from metrica_bridge.engine.pipeline import Pipeline
+from metrica_bridge.engine.pipeline import CLAIM_LEASE_S, LEASE_RENEW_S, Pipeline
 from metrica_bridge.engine.runner import TopicRunner
 from metrica_bridge.events import EventKind
 from metrica_bridge.health import HealthServer
@@ -107,7 +108,7 @@ class Service:
             sweeper = ParkSweeper(pipeline, self.runners, max_wait_s=s.park_max_wait_s)
             background = [
                 asyncio.create_task(sweeper.run(), name="park-sweeper"),
-                asyncio.create_task(self._housekeeping(client), name="housekeeping"),
+                asyncio.create_task(self._housekeeping(client, pipeline), name="housekeeping"),
             ]
             self.started.set()
             log.info("running", topics=topics, timezone=timezone, store=s.store_url.split(":")[0])
@@ -127,10 +128,25 @@ class Service:
             if self.store is not None:
                 self.store.close()
 
-    async def _housekeeping(self, client: MetricaClient) -> None:
+    async def _housekeeping(self, client: MetricaClient, pipeline: Pipeline) -> None:
+        """Lease heartbeat, quota gauge, ledger retention."""
+        assert self.store is not None
+        store, retention = self.store, timedelta(days=self.settings.ledger_retention_days)
+        next_purge = 0.0
         while True:
             QUOTA_REMAINING.set(client.governor.remaining())
-            await asyncio.sleep(5)
+            try:
+                await asyncio.to_thread(store.renew_claims, pipeline.owner, CLAIM_LEASE_S)
+                if time.monotonic() >= next_purge:
+                    purged = await asyncio.to_thread(
+                        store.purge_ledger, datetime.now(UTC) - retention
+                    )
+                    if purged:
+                        log.info("ledger entries past retention purged", count=purged)
+                    next_purge = time.monotonic() + 3_600
+            except Exception as exc:
+                log.warning("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(LEASE_RENEW_S)
 
 
 def run_service(settings: Settings, kinds: Sequence[EventKind] | None = None) -> None:

@@ -18,7 +18,19 @@ def codec() -> Iterator[Codec]:
         yield instance
 
 
+@pytest.fixture(scope="session")
+def _registries() -> Iterator[list[SchemaRegistryServer]]:
+    servers: list[SchemaRegistryServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
 @pytest.fixture
-def registry() -> Iterator[SchemaRegistryServer]:
-    with SchemaRegistryServer() as server:
-        yield server
+def registry(_registries: list[SchemaRegistryServer]) -> SchemaRegistryServer:
+    """An empty registry; reused across tests unless a test stopped it (an outage)."""
+    if _registries and _registries[-1].running:
+        _registries[-1].reset()
+    else:
+        _registries.append(SchemaRegistryServer().start())
+    return _registries[-1]

@@ -75,6 +75,17 @@ def test_old_versions_have_distinct_fingerprints(codec: Codec) -> None:
     assert len(headers) == 5
 
 
+def test_readme_lists_every_version_and_fingerprint(codec: Codec) -> None:
+    readme = (SCHEMAS_DIR / "README.md").read_text()
+    for name in codec.schema_names:
+        short = name.rsplit(".", 1)[1]
+        for version in codec.versions(name):
+            record = RECORDS[name][0]
+            fingerprint = codec.encode(name, record, writer_version=version)[2:10].hex()
+            assert f"| {short} | {version}" in readme
+            assert f"`{fingerprint}`" in readme
+
+
 def _copy_schemas(tmp_path: Path) -> Path:
     target = tmp_path / "schemas"
     shutil.copytree(SCHEMAS_DIR, target)

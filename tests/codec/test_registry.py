@@ -181,9 +181,10 @@ def test_unusable_registry_schemas(
     registry: SchemaRegistryServer, schema: str, reason: str
 ) -> None:
     schema_id = registry.add(schema)
-    # 2**62 null items in 10 bytes would keep a consumer busy for hours.
+    # 2**20 null items in 4 bytes (2**62 would keep a consumer busy for hours).
+    many_nulls = b"\x80\x80\x80\x01\x00"
     with (
         Codec.from_dir(SCHEMAS_DIR, registry.url) as codec,
         pytest.raises(DecodeError, match=reason),
     ):
-        codec.decode(_framed(schema_id, b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01\x00"))
+        codec.decode(_framed(schema_id, many_nulls))

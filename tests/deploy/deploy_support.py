@@ -3,6 +3,7 @@ names, and the metric names/labels that ``metrica_bridge.metrics`` really export
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -58,7 +59,9 @@ TOPIC_ENV = {
     "deal-status-changed": "TOPIC_DEAL_STATUS_CHANGED",
     "payment-received": "TOPIC_PAYMENT_RECEIVED",
 }
-SETTINGS_ENV = frozenset(name.upper() for name in Settings.model_fields if name != "kafka_properties")
+SETTINGS_ENV = frozenset(
+    name.upper() for name in Settings.model_fields if name != "kafka_properties"
+)
 
 
 def is_known_env(name: str) -> bool:
@@ -78,12 +81,18 @@ def json_files() -> list[Path]:
     return sorted(DEPLOY.rglob("*.json"))
 
 
+@cache
+def _parsed(path: Path) -> list[Any]:
+    return list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+
+
 def load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+    (doc,) = _parsed(path)
+    return copy.deepcopy(doc)  # parsed once per run; callers get their own copy
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+    return [copy.deepcopy(d) for d in _parsed(path) if d is not None]
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -187,7 +196,9 @@ def families() -> dict[str, Family]:
             labelnames[described.name] = frozenset(value._labelnames)
     found: dict[str, Family] = {}
     for family in metrics.REGISTRY.collect():
-        found[family.name] = Family(family.name, family.type, labelnames.get(family.name, frozenset()))
+        found[family.name] = Family(
+            family.name, family.type, labelnames.get(family.name, frozenset())
+        )
     return found
 
 
@@ -222,7 +233,9 @@ def label_problems(expr: str) -> list[str]:
         allowed = set(series[name].labels) | TARGET_LABELS
         if name.endswith("_bucket"):
             allowed.add("le")
-        problems += [f"{name}{{{label}}}" for label in MATCHER.findall(body) if label not in allowed]
+        problems += [
+            f"{name}{{{label}}}" for label in MATCHER.findall(body) if label not in allowed
+        ]
     for group in GROUPING.findall(expr):
         labels = [x.strip() for x in group.split(",") if x.strip()]
         problems += [f"by/on ({label})" for label in labels if label not in every_label]

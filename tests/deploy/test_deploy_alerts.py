@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deploy_support import (
+
+from tests.deploy.deploy_support import (
     PROMETHEUS,
     ROOT,
     alert_rules,
@@ -58,11 +59,14 @@ def test_the_required_alerts_exist() -> None:
 def test_alert_is_documented(rule: dict[str, object]) -> None:
     labels = rule["labels"]
     annotations = rule["annotations"]
-    assert isinstance(labels, dict) and isinstance(annotations, dict)
+    assert isinstance(labels, dict)
+    assert isinstance(annotations, dict)
     assert labels["severity"] in {"warning", "critical"}
-    assert annotations["summary"] and annotations["description"]
+    assert annotations["summary"]
+    assert annotations["description"]
     page, _, anchor = str(annotations["runbook_url"]).partition("#")
-    assert page == "README.md" and anchor
+    assert page == "README.md"
+    assert anchor
     assert anchor in _anchors()[page], f"no heading for #{anchor} in README.md or docs/*.md"
 
 
@@ -83,7 +87,9 @@ def test_metric_check_catches_mistakes() -> None:
     assert "metrica_bridge_metrica_request_duration_seconds" not in exported_series()  # histogram
     assert label_problems('rate(metrica_bridge_dlq_records_total{class="x"}[5m])')
     assert label_problems("sum by (error_klass) (metrica_bridge_dlq_records_total)")
-    assert not label_problems('sum by (le) (rate(metrica_bridge_upload_records_bucket{job="j"}[5m]))')
+    assert not label_problems(
+        'sum by (le) (rate(metrica_bridge_upload_records_bucket{job="j"}[5m]))'
+    )
 
 
 def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:

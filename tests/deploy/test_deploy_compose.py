@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deploy_support import (
+from tests.deploy.deploy_support import (
     DEPLOY,
     GRAFANA,
     PROMETHEUS,
@@ -70,7 +70,8 @@ def test_addresses_point_at_compose_services() -> None:
             continue
         env = svc["environment"]
         host, port = env["KAFKA_BOOTSTRAP_SERVERS"].split(":")
-        assert host in services and f"//{host}:{port}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+        assert host in services
+        assert f"//{host}:{port}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"]
         assert env["STORE_URL"].split("@")[1].split(":")[0] in services
         api_host = env["METRICA_API_URL"].split("//")[1].split(":")[0]
         assert api_host == "sandbox"

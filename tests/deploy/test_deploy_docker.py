@@ -8,12 +8,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from deploy_support import DEPLOY, ROOT
+
+from metrica_bridge.health import HealthServer
+from tests.deploy.deploy_support import DEPLOY, ROOT
 
 DOCKERFILE = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
 # Joined continuation lines, comments dropped: one instruction per line.
@@ -70,7 +72,8 @@ def test_entrypoint_and_schemas() -> None:
 
 def _healthcheck_command() -> list[str]:
     line = _one(_runtime(), "HEALTHCHECK")
-    assert "--interval=" in line and "--timeout=" in line
+    assert "--interval=" in line
+    assert "--timeout=" in line
     command: list[str] = json.loads(line.split(" CMD ", 1)[1])
     return command
 
@@ -82,27 +85,26 @@ def test_healthcheck_needs_no_curl() -> None:
     assert not any(tool in line for line in INSTRUCTIONS for tool in ("curl ", "wget "))
 
 
-class _Health(BaseHTTPRequestHandler):
-    status = 200
+class _Checks:
+    """Switchable answers for the service's real HealthServer."""
 
-    def do_GET(self) -> None:
-        code = self.status if self.path == "/healthz" else 404
-        self.send_response(code)
-        self.end_headers()
+    def __init__(self) -> None:
+        self.alive = True
+        self.ready = False
 
-    def log_message(self, *args: object) -> None:
-        pass
+    def check_alive(self) -> tuple[bool, str]:
+        return self.alive, "alive" if self.alive else "wedged"
+
+    def check_ready(self) -> tuple[bool, str]:
+        return self.ready, "ready" if self.ready else "no partitions assigned"
 
 
 @pytest.fixture
-def health_server() -> Iterator[tuple[ThreadingHTTPServer, type[_Health]]]:
-    handler = type("Handler", (_Health,), {"status": 200})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server, handler
-    server.shutdown()
-    server.server_close()
+def health() -> Iterator[tuple[HealthServer, _Checks]]:
+    checks = _Checks()
+    server = HealthServer(0, checks.check_alive, checks.check_ready, host="127.0.0.1").start()
+    yield server, checks
+    server.stop()
 
 
 def _run_healthcheck(port: int) -> int:
@@ -112,17 +114,31 @@ def _run_healthcheck(port: int) -> int:
     return subprocess.run(command, env=env, capture_output=True, timeout=30, check=False).returncode
 
 
-def test_healthcheck_passes_on_200_and_fails_otherwise(
-    health_server: tuple[ThreadingHTTPServer, type[_Health]],
-) -> None:
-    server, handler = health_server
-    port = server.server_address[1]
-    assert _run_healthcheck(port) == 0
-    handler.status = 503
-    assert _run_healthcheck(port) != 0
-    server.shutdown()
-    server.server_close()
-    assert _run_healthcheck(port) != 0  # nothing listening
+def test_healthcheck_follows_the_services_healthz(health: tuple[HealthServer, _Checks]) -> None:
+    server, checks = health
+    # Alive but not ready (no partitions yet): the container is healthy, k8s just not ready.
+    assert _run_healthcheck(server.port) == 0
+    checks.alive = False
+    assert _run_healthcheck(server.port) != 0
+    server.stop()
+    assert _run_healthcheck(server.port) != 0  # nothing listening
+
+
+def _get(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_probe_paths_answer_on_the_service(health: tuple[HealthServer, _Checks]) -> None:
+    server, checks = health
+    assert _get(server.port, "/healthz") == 200
+    assert _get(server.port, "/readyz") == 503
+    checks.ready = True
+    assert _get(server.port, "/readyz") == 200
+    assert _get(server.port, "/metrics") == 200
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
@@ -130,8 +146,11 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     for pattern in patterns:
         negate = pattern.startswith("!")
         pattern = pattern.lstrip("!").rstrip("/")
-        if fnmatch.fnmatch(path, pattern) or fnmatch.fnmatch(path, pattern.removeprefix("**/")) \
-                or path.startswith(pattern + "/"):
+        if (
+            fnmatch.fnmatch(path, pattern)
+            or fnmatch.fnmatch(path, pattern.removeprefix("**/"))
+            or path.startswith(pattern + "/")
+        ):
             result = not negate
     return result
 

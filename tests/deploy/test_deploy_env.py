@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaException
-from deploy_support import (
+
+from metrica_bridge.config import librdkafka_overrides, load_settings
+from tests.deploy.deploy_support import (
     DEPLOY,
     DESIGN_ENV,
     DESIGN_MD,
@@ -18,8 +20,6 @@ from deploy_support import (
     k8s_env,
     k8s_kind,
 )
-
-from metrica_bridge.config import librdkafka_overrides, load_settings
 
 
 def _container_env(doc: dict[str, Any]) -> dict[str, str]:
@@ -76,8 +76,15 @@ def test_design_names_are_spelled_as_design_md() -> None:
 
 def test_every_source_sets_design_names_consistently() -> None:
     k8s = k8s_env()
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "METRICA_COUNTER_ID", "METRICA_TOKEN_FILE",
-                 "STATUS_MAP_FILE", "METRICS_PORT", "CONSUMER_GROUP_PREFIX", "LOG_FORMAT"):
+    for name in (
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "METRICA_COUNTER_ID",
+        "METRICA_TOKEN_FILE",
+        "STATUS_MAP_FILE",
+        "METRICS_PORT",
+        "CONSUMER_GROUP_PREFIX",
+        "LOG_FORMAT",
+    ):
         assert name in k8s, name
     for name, svc in bridge_services().items():
         if name == "sandbox":
@@ -90,14 +97,16 @@ def test_every_source_sets_design_names_consistently() -> None:
 def _kafka_properties() -> dict[str, str]:
     props: dict[str, str] = {}
     for env in _sources().values():
-        props.update({k: ("x" if v == "<from secret>" else v)
-                      for k, v in librdkafka_overrides(env).items()})
+        props.update(
+            {k: ("x" if v == "<from secret>" else v) for k, v in librdkafka_overrides(env).items()}
+        )
     return props
 
 
 def test_kafka_variables_are_librdkafka_properties() -> None:
     props = _kafka_properties()
-    assert "security.protocol" in props and "sasl.password" in props
+    assert "security.protocol" in props
+    assert "sasl.password" in props
     # librdkafka itself rejects unknown property names at construction time.
     consumer = Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "deploy-test", **props})
     consumer.close()

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import DEPLOY, K8S, json_files, load_all, load_yaml, read_env_file, yaml_files
+
+from tests.deploy.deploy_support import (
+    DEPLOY,
+    K8S,
+    json_files,
+    load_all,
+    load_yaml,
+    read_env_file,
+    yaml_files,
+)
 
 
 def test_there_are_files_to_check() -> None:

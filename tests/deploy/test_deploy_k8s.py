@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_support import (
+
+from metrica_bridge.config import Settings, load_settings
+from metrica_bridge.events import EventKind
+from metrica_bridge.metrica.status_map import load_status_map
+from tests.deploy.deploy_support import (
     DEPLOY,
     K8S,
     PROMETHEUS,
@@ -21,12 +25,11 @@ from deploy_support import (
     load_yaml,
 )
 
-from metrica_bridge.config import Settings, load_settings
-from metrica_bridge.events import EventKind
-
 
 def _deployments() -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in k8s_kind("Deployment")}
+    return {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in k8s_kind("Deployment")
+    }
 
 
 def _pod(doc: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +60,9 @@ def test_one_deployment_per_topic() -> None:
         # `run --topic $(TOPIC_…)`: the kubelet expands it from the ConfigMap, one name source.
         assert args == ["run", "--topic", f"$({TOPIC_ENV[topic]})"], args
         assert env[TOPIC_ENV[topic]] == topic
-        assert _matches(doc["spec"]["selector"]["matchLabels"], doc["spec"]["template"]["metadata"]["labels"])
+        assert _matches(
+            doc["spec"]["selector"]["matchLabels"], doc["spec"]["template"]["metadata"]["labels"]
+        )
         assert "replicas" not in doc["spec"], "the ScaledObject owns replicas"
 
 
@@ -91,7 +96,8 @@ def test_token_is_a_mounted_secret_file(topic: str) -> None:
     secret = volumes[mount["name"]]["secret"]
     assert [i["path"] for i in secret["items"]] == [token_file.name]
     # Readable by the pod's fsGroup (the non-root user), by nobody else.
-    assert secret["defaultMode"] & 0o007 == 0 and secret["defaultMode"] & 0o040
+    assert secret["defaultMode"] & 0o007 == 0
+    assert secret["defaultMode"] & 0o040
     example = load_all(K8S / "secret.example.yaml")[0]
     assert secret["secretName"] == example["metadata"]["name"]
     assert {i["key"] for i in secret["items"]} <= set(example["stringData"])
@@ -128,6 +134,10 @@ def test_status_map_follows_the_contract() -> None:
         assert status["type"] in {"IN_PROGRESS", "PAID", "CANCELLED", "SPAM", "OTHER"}, code
         assert len(status.get("goals", [])) <= 10, code
     assert statuses[status_map["paid_status"]]["type"] == "PAID"
+    # And the service's own loader accepts it.
+    loaded = load_status_map(K8S / "status-map.yaml")
+    assert loaded.paid.type == "PAID"
+    assert loaded.translate("qualified") is not None
 
 
 @pytest.mark.parametrize("topic", TOPICS)
@@ -162,8 +172,10 @@ def test_every_deployment_has_a_disruption_budget() -> None:
         # Selects only this topic's pods, not the other groups'.
         others = [d for t, d in _deployments().items() if t != topic]
         for other in others:
-            assert not _matches(matching[0]["spec"]["selector"]["matchLabels"],
-                                other["spec"]["template"]["metadata"]["labels"])
+            assert not _matches(
+                matching[0]["spec"]["selector"]["matchLabels"],
+                other["spec"]["template"]["metadata"]["labels"],
+            )
 
 
 def test_autoscaling_follows_lag_and_partitions() -> None:
@@ -190,12 +202,14 @@ def test_metrics_are_scraped_from_every_pod_even_when_not_ready() -> None:
     (monitor,) = k8s_kind("ServiceMonitor")
     assert service["spec"]["publishNotReadyAddresses"] is True
     (port,) = service["spec"]["ports"]
-    assert port["targetPort"] == "metrics" and port["port"] == int(k8s_env()["METRICS_PORT"])
+    assert port["targetPort"] == "metrics"
+    assert port["port"] == int(k8s_env()["METRICS_PORT"])
     for doc in _deployments().values():
         assert _matches(service["spec"]["selector"], doc["spec"]["template"]["metadata"]["labels"])
     assert _matches(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["port"] == port["name"]
+    assert endpoint["path"] == "/metrics"
     # The alerts select job="metrica-bridge"; the ServiceMonitor takes job from this label.
     assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "metrica-bridge"
 
@@ -211,7 +225,8 @@ def test_schema_sync_job_uses_the_same_configuration() -> None:
 
 def test_prometheus_rule_is_in_sync_with_alerts_yml() -> None:
     spec = importlib.util.spec_from_file_location("render_rule", PROMETHEUS / "render_rule.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     expected = module.render()

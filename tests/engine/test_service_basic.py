@@ -46,7 +46,9 @@ def _lead(n: int, client: str, deal: str | None, at: datetime, **kw: Any) -> dic
     }
 
 
-def _status(eid: str, deal: str, client: str, status: str, at: datetime, **kw: Any) -> dict[str, Any]:
+def _status(
+    eid: str, deal: str, client: str, status: str, at: datetime, **kw: Any
+) -> dict[str, Any]:
     return {
         "event_id": eid,
         "occurred_at": at,
@@ -64,7 +66,9 @@ def _status(eid: str, deal: str, client: str, status: str, at: datetime, **kw: A
 
 @pytest.fixture
 def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(tokens=[TOKEN], counter_ids=[COUNTER], timezone="Europe/Moscow", port=0) as sb:
+    with SandboxServer(
+        tokens=[TOKEN], counter_ids=[COUNTER], timezone="Europe/Moscow", port=0
+    ) as sb:
         statuses = parse_status_map(yaml.safe_load(STATUS_MAP)).to_order_statuses()
         response = httpx.post(
             f"{sb.url}/cdp/api/v1/counter/{COUNTER}/schema/order_statuses",
@@ -97,32 +101,71 @@ def test_stream_reaches_metrica(
             return {o["id"]: o for o in sandbox.orders(COUNTER)}
 
         with Producer({"bootstrap.servers": bootstrap}) as producer:
+
             def send(kind: str, schema: str, key: str, record: dict[str, Any]) -> None:
                 producer.send(names[kind], key.encode(), codec.encode(schema, record))
 
-            send("lead-created", "crm.events.LeadCreated", "L1",
-                 _lead(1, "c1", "D1", NOW, cid="1712345678901234567", phones=["8 999 555 11 11"]))
+            send(
+                "lead-created",
+                "crm.events.LeadCreated",
+                "L1",
+                _lead(1, "c1", "D1", NOW, cid="1712345678901234567", phones=["8 999 555 11 11"]),
+            )
             producer.flush()
             # The deal events come once the lead is in: the late one must then be seen as stale.
             wait_until(lambda: "D1" in orders(), 60, "the lead's order")
-            send("deal-status-changed", "crm.events.DealStatusChanged", "D1",
-                 _status("s1", "D1", "c1", "qualified", NOW + timedelta(minutes=1), version=2))
-            send("deal-status-changed", "crm.events.DealStatusChanged", "D1",
-                 _status("s2", "D1", "c1", "won", NOW + timedelta(minutes=2), version=3, revenue=Decimal("5000.00")))
-            send("deal-status-changed", "crm.events.DealStatusChanged", "D1",  # late: older than s2
-                 _status("s0", "D1", "c1", "new", NOW + timedelta(seconds=30), version=1))
-            send("deal-status-changed", "crm.events.DealStatusChanged", "D1",  # unmapped status
-                 _status("s3", "D1", "c1", "weird", NOW + timedelta(minutes=3), version=4))
+            send(
+                "deal-status-changed",
+                "crm.events.DealStatusChanged",
+                "D1",
+                _status("s1", "D1", "c1", "qualified", NOW + timedelta(minutes=1), version=2),
+            )
+            send(
+                "deal-status-changed",
+                "crm.events.DealStatusChanged",
+                "D1",
+                _status(
+                    "s2",
+                    "D1",
+                    "c1",
+                    "won",
+                    NOW + timedelta(minutes=2),
+                    version=3,
+                    revenue=Decimal("5000.00"),
+                ),
+            )
+            send(
+                "deal-status-changed",
+                "crm.events.DealStatusChanged",
+                "D1",  # late: older than s2
+                _status("s0", "D1", "c1", "new", NOW + timedelta(seconds=30), version=1),
+            )
+            send(
+                "deal-status-changed",
+                "crm.events.DealStatusChanged",
+                "D1",  # unmapped status
+                _status("s3", "D1", "c1", "weird", NOW + timedelta(minutes=3), version=4),
+            )
             producer.send(names["deal-status-changed"], b"D9", b"\x00garbage")
             # D2's client has no identity yet: parked until lead 2 arrives.
-            send("deal-status-changed", "crm.events.DealStatusChanged", "D2",
-                 _status("s20", "D2", "c2", "qualified", NOW + timedelta(minutes=1)))
+            send(
+                "deal-status-changed",
+                "crm.events.DealStatusChanged",
+                "D2",
+                _status("s20", "D2", "c2", "qualified", NOW + timedelta(minutes=1)),
+            )
             producer.flush()
 
         wait_until(lambda: orders().get("D1", {}).get("order_status") == "won", 60, "D1 won")
         with Producer({"bootstrap.servers": bootstrap}) as producer:
-            producer.send(names["lead-created"], b"L2", codec.encode(
-                "crm.events.LeadCreated", _lead(2, "c2", None, NOW + timedelta(minutes=5), cid="99887766554433")))
+            producer.send(
+                names["lead-created"],
+                b"L2",
+                codec.encode(
+                    "crm.events.LeadCreated",
+                    _lead(2, "c2", None, NOW + timedelta(minutes=5), cid="99887766554433"),
+                ),
+            )
         wait_until(lambda: "D2" in orders(), 60, "parked D2 released")
         dlq = consume_all(bootstrap, names["deal-status-changed"] + ".dlq", 1, timeout=20)
     finally:

@@ -57,7 +57,7 @@ def test_a_taken_port_is_detected_and_another_port_is_used(
 
 
 def test_an_explicit_taken_port_fails_clearly(broker: EmbeddedBroker) -> None:
-    with pytest.raises(BrokerError, match="another broker|exited"):
+    with pytest.raises(BrokerError, match=r"another broker|exited"):
         EmbeddedBroker(port=broker.port, start_timeout_s=5).start()
     assert broker.alive()
 

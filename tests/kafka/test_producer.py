@@ -14,7 +14,7 @@ from metrica_bridge.kafka.producer import (
     ProducerError,
     UndeliveredError,
 )
-from metrica_bridge.kafka.settings import producer_config
+from metrica_bridge.kafka.settings import for_consumer, producer_config
 from tests.support.kafka import TopicFactory, consume_all
 
 
@@ -89,9 +89,11 @@ def test_flush_raises_while_messages_stay_undelivered() -> None:
 
 
 def test_a_message_over_the_local_size_limit_raises_at_once(bootstrap: str) -> None:
-    with Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 2000}) as producer:
-        with pytest.raises(ProducerError, match="MSG_SIZE_TOO_LARGE"):
-            producer.send("anything", b"k", b"x" * 5000)
+    with (
+        Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 2000}) as producer,
+        pytest.raises(ProducerError, match="MSG_SIZE_TOO_LARGE"),
+    ):
+        producer.send("anything", b"k", b"x" * 5000)
 
 
 def test_settings_layering_defaults_env_code() -> None:
@@ -106,3 +108,34 @@ def test_settings_layering_defaults_env_code() -> None:
     assert config["linger.ms"] == "50"  # KAFKA_LINGER_MS beats our default
     assert config["security.protocol"] == "SSL"
     assert config["compression.type"] == "zstd"  # code beats both
+
+
+def test_consumer_only_overrides_are_kept_away_from_producers() -> None:
+    settings = Settings(
+        kafka_properties={"session.timeout.ms": "6000", "fetch.wait.max.ms": "50", "acks": "1"}
+    )
+    config = producer_config(settings, enable_idempotence=False)
+    assert "session.timeout.ms" not in config
+    assert "fetch.wait.max.ms" not in config
+    assert config["acks"] == "1"
+    assert for_consumer(settings.kafka_common()) == {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "session.timeout.ms": "6000",
+        "fetch.wait.max.ms": "50",
+    }
+
+
+def test_a_producer_without_futures_still_reports_failures(
+    bootstrap: str, topics: TopicFactory
+) -> None:
+    topic = topics("no-futures", partitions=1)
+    producer = Producer({"bootstrap.servers": bootstrap}, futures=False)
+    with pytest.raises(ProducerError, match="send"):
+        producer.produce(topic, b"k", b"v")
+    producer.send(topic, b"k", b"fine")
+    producer.send(topic, b"k", b"lost", partition=3)
+    with pytest.raises(UndeliveredError) as undelivered:
+        producer.flush(10)
+    assert (undelivered.value.failed, undelivered.value.remaining) == (1, 0)
+    producer.close(5)
+    assert [m.value for m in consume_all(bootstrap, topic, 1, timeout=15)] == [b"fine"]

@@ -8,7 +8,16 @@ import httpx
 import pytest
 
 from metrica_bridge.sandbox import SandboxServer
-from tests.sandbox.conftest import COUNTER, EXAMPLE_A, EXAMPLE_B, TOKEN, error_of, example, order
+from tests.sandbox.conftest import (
+    COUNTER,
+    EXAMPLE_A,
+    EXAMPLE_B,
+    OTHER_COUNTER,
+    TOKEN,
+    error_of,
+    example,
+    order,
+)
 
 ORDERS = "/data/orders/json?merge_mode=SAVE"
 CONTACTS = "/data/contacts/json?merge_mode=SAVE"
@@ -138,8 +147,8 @@ def test_order_before_its_contact(sb: SandboxServer, api: httpx.Client) -> None:
     assert api.post(ORDERS, json=example(EXAMPLE_B)).status_code == 200
 
 
-def test_contacts_of_another_counter_do_not_count(seeded: httpx.Client) -> None:
-    other = str(seeded.base_url).replace(f"/counter/{COUNTER}", "/counter/43")
+def test_contacts_of_another_counter_do_not_count(sb: SandboxServer, seeded: httpx.Client) -> None:
+    other = f"{sb.url}/cdp/api/v1/counter/{OTHER_COUNTER}"
     response = seeded.post(f"{other}{ORDERS}", json=example(EXAMPLE_B))
     assert error_of(response) == (400, "invalid_parameter", "orders[0].client_uniq_id")
 

@@ -46,6 +46,9 @@ def test_merge_is_a_set_union_with_latest_name_and_consent(store: Store) -> None
     assert again["c1"].name == "Anna"
     assert again["c1"].consent is True
     assert again["c1"].client_ids == ("111", "222", "333")
+    # a lead repeating what is known changes nothing
+    assert store.merge_identities([IdentityUpdate("c1", client_ids=("111",))]) == again
+    assert store.identities(["c1"]) == again
 
 
 def test_has_identifier_follows_consent(store: Store) -> None:

@@ -58,3 +58,17 @@ def test_purge_removes_only_older_entries(store: Store) -> None:
     assert store.purge_ledger(old + timedelta(days=2)) == 2
     assert set(store.outcomes(["old-1", "old-2", "new"])) == {"new"}
     assert store.purge_ledger(old + timedelta(days=2)) == 0
+
+
+def test_a_dead_lettered_outcome_gives_way_to_a_replay(store: Store) -> None:
+    store.apply(Changes(ledger=[entry("e1", "dead_lettered", detail="retry_exhausted")]))
+    store.apply(Changes(ledger=[entry("e1", "delivered", upload_id="u-1")]))
+    store.apply(Changes(ledger=[entry("e1", "stale")]))  # settled now: first outcome wins again
+    assert store.outcomes(["e1"])["e1"].outcome == "delivered"
+    # ...and within one batch the same rule holds.
+    store.apply(Changes(ledger=[entry("e2", "dead_lettered"), entry("e2", "delivered")]))
+    assert store.outcomes(["e2"])["e2"].outcome == "delivered"
+    store.apply(
+        Changes(ledger=[entry("e3", "dead_lettered"), entry("e3", "dead_lettered", detail="x")])
+    )
+    assert store.outcomes(["e3"])["e3"].detail == ""

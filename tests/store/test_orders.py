@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import multiprocessing
 import random
-import time
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -73,13 +72,16 @@ def test_expired_claims_can_be_taken(store: Store) -> None:
     assert store.claim_orders(["d1"], "a", lease_s=60) == set()
 
 
-def test_renew_extends_live_claims_only(store: Store) -> None:
-    assert store.claim_orders(["d1", "d2"], "a", lease_s=0.3) == {"d1", "d2"}
-    assert store.claim_orders(["d3"], "a", lease_s=0) == {"d3"}
-    assert store.claim_orders(["d4"], "b", lease_s=0.3) == {"d4"}
-    assert store.renew_claims("a", lease_s=60) == 2  # d3 had already expired
-    time.sleep(0.4)
-    assert store.claim_orders(["d1", "d2", "d3", "d4"], "c", lease_s=60) == {"d3", "d4"}
+def test_renew_moves_the_expiry_of_live_claims_only(store: Store) -> None:
+    assert store.claim_orders(["d1", "d2"], "a", lease_s=60) == {"d1", "d2"}
+    assert store.claim_orders(["d3"], "a", lease_s=0) == {"d3"}  # already expired
+    assert store.claim_orders(["d4"], "b", lease_s=60) == {"d4"}
+    assert store.renew_claims("a", lease_s=60) == 2  # d3 is not brought back
+    assert store.claim_orders(["d1", "d2", "d3", "d4"], "c", lease_s=60) == {"d3"}
+    # the heartbeat sets the expiry to now + lease: a zero lease ends a's claims at once
+    assert store.renew_claims("a", lease_s=0) == 2
+    assert store.claim_orders(["d1", "d2", "d4"], "c", lease_s=60) == {"d1", "d2"}
+    assert store.renew_claims("a", lease_s=60) == 0
 
 
 def test_release_through_apply(store: Store) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from metrica_bridge.store import Changes, IdentityUpdate, Store
@@ -24,8 +25,7 @@ def test_park_round_trip_and_parked_deals(store: Store) -> None:
 
 
 def test_key_may_be_missing(store: Store) -> None:
-    event = parked("e1", "d1", "c1")
-    event = type(event)(**{**{f: getattr(event, f) for f in event.__slots__}, "key": None})
+    event = dataclasses.replace(parked("e1", "d1", "c1"), key=None)
     store.apply(Changes(park=[event]))
     taken = store.take_ready_parked(TOPICS, "w", 60, T0 + timedelta(seconds=1), 10)
     assert taken == [event]

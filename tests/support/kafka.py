@@ -97,7 +97,7 @@ def consume_all(
                         offset=message.offset() or 0,
                         key=message.key(),
                         value=message.value(),
-                        headers=list(message.headers() or []),
+                        headers=[(k, v or b"") for k, v in _headers(message.headers())],
                         timestamp_ms=message.timestamp()[1],
                     )
                 )
@@ -110,6 +110,12 @@ def consume_all(
         consumer.close()
     messages.sort(key=lambda m: (m.topic, m.partition, m.offset))
     return messages
+
+
+def _headers(raw: Any) -> list[tuple[str, Any]]:
+    if not raw:
+        return []
+    return list(raw.items()) if isinstance(raw, dict) else list(raw)
 
 
 class TopicFactory:
@@ -129,9 +135,7 @@ class TopicFactory:
         ensure_topics(self.bootstrap, {names[p]: n for p, n in prefixes.items()})
         return names
 
-    def crm_settings(
-        self, partitions: int = 3, *, dlq: bool = True, **overrides: Any
-    ) -> Settings:
+    def crm_settings(self, partitions: int = 3, *, dlq: bool = True, **overrides: Any) -> Settings:
         """Settings pointing at three fresh CRM topics (and their ``.dlq`` topics).
 
         Consumers built from these settings get the fast test properties; the consumer group

@@ -15,11 +15,11 @@ def start_server() -> Any:
     """A throw-away server (``cleanup_mode="delete"``). As root, pgserver runs postgres as its
     own ``pgserver`` user, so the data directory must sit where that user can reach it:
     a fresh directory under the system temp dir, not pytest's 0700 tmp tree."""
-    import pgserver
+    from pgserver import get_server  # type: ignore[attr-defined]
 
     base = Path(tempfile.mkdtemp(prefix="metrica-bridge-pg-"))
     base.chmod(0o755)
-    return pgserver.get_server(base / "pgdata", cleanup_mode="delete")
+    return get_server(base / "pgdata", cleanup_mode="delete")
 
 
 def create_database(server: Any) -> tuple[str, str]:
@@ -33,4 +33,6 @@ def create_database(server: Any) -> tuple[str, str]:
 def drop_database(server: Any, name: str) -> None:
     with psycopg.connect(server.get_uri(), autocommit=True) as conn:
         # FORCE: a test may leave a pool open; it must not keep the database alive.
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )

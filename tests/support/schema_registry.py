@@ -51,6 +51,19 @@ class SchemaRegistryServer:
         )
 
     @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def reset(self) -> None:
+        """Forget every schema, subject, request count and injected failure."""
+        with self._lock:
+            self.schemas.clear()
+            self.subjects.clear()
+            self._ids_by_schema.clear()
+            self.requests.clear()
+            self.fail_status = None
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self._port}"
 

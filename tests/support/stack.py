@@ -103,7 +103,9 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.25) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.25
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -22,7 +22,7 @@ from metrica_bridge.store.base import ParkedEvent
 
 log = get_logger("metrica_bridge.engine.parking")
 
-LEASE_S = 120.0
+LEASE_S = 30.0  # renewed with the order claims while the event is being handled
 
 
 class ParkSweeper:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from metrica_bridge.codec import Codec, DecodeError
+from metrica_bridge.codec import Codec, DecodeError, SchemaUnavailable
 from metrica_bridge.engine.loader import BatchCall, BatchLoader
 from metrica_bridge.events import (
     DealStatusChanged,
@@ -43,7 +43,7 @@ from metrica_bridge.steps import enrich
 from metrica_bridge.steps import map as mapping
 from metrica_bridge.steps.batch import Ack, Batcher, Endpoint
 from metrica_bridge.steps.dedupe import Dedupe
-from metrica_bridge.steps.dlq import DeadLetters, SourceRecord
+from metrica_bridge.steps.dlq import DeadLetters, SourceRecord, is_replay
 from metrica_bridge.steps.record import Recorder
 from metrica_bridge.steps.send import Rejected
 from metrica_bridge.store.base import (
@@ -58,7 +58,8 @@ from metrica_bridge.store.base import (
 
 log = get_logger("metrica_bridge.engine.pipeline")
 
-CLAIM_LEASE_S = 60.0
+CLAIM_LEASE_S = 30.0  # renewed every LEASE_RENEW_S while held; a crashed owner's lapse
+LEASE_RENEW_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +125,14 @@ class Pipeline:
 
     # -- entry points ------------------------------------------------------------------------
     def parse(self, source: SourceRecord) -> Parsed | tuple[ErrorClass, str]:
-        """Decode and validate; a failure is returned (for the DLQ), never raised."""
+        """Decode and validate; a bad record is returned (for the DLQ), never raised.
+
+        Raises :class:`SchemaUnavailable` when the Schema Registry cannot be asked right now:
+        that is our outage, not the record's fault, so it is retried, not dead-lettered."""
         try:
             decoded = self.codec.decode(source.value)
+        except SchemaUnavailable:
+            raise
         except DecodeError as exc:
             return ErrorClass.DECODE_ERROR, exc.reason
         try:
@@ -137,8 +143,8 @@ class Pipeline:
         key = source.key.decode("utf-8", "replace") if source.key is not None else None
         if key is not None and key != event.key:
             return ErrorClass.INVALID_EVENT, "record key does not match the event's entity id"
-        if isinstance(event, LeadCreated) and event.client.dropped_identifiers:
-            IDENTIFIERS_DROPPED.labels(topic=source.topic).inc(event.client.dropped_identifiers)
+        if isinstance(event, LeadCreated) and event.dropped_identifiers:
+            IDENTIFIERS_DROPPED.labels(topic=source.topic).inc(event.dropped_identifiers)
         return Parsed(source, event, time.monotonic())
 
     async def dead_letter(
@@ -169,7 +175,10 @@ class Pipeline:
     async def handle(self, parsed: Parsed) -> None:
         event, source = parsed.event, parsed.source
         previous = await self.dedupe.seen(event.event_id)
-        if previous is not None:
+        # A DLQ replay is the one way back for a dead-lettered event; anything else seen before
+        # (a redelivery, a CRM retry) is a duplicate.
+        replay = previous == Outcome.DEAD_LETTERED and is_replay(source)
+        if previous is not None and not replay:
             EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.DUPLICATE).inc()
             log.debug("duplicate", event_id=event.event_id, topic=source.topic, previous=previous)
             return

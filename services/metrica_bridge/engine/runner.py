@@ -13,13 +13,14 @@ import contextlib
 import functools
 from collections.abc import Mapping
 
+from metrica_bridge.codec import SchemaUnavailable
 from metrica_bridge.config import Settings
 from metrica_bridge.engine.consumer import ConsumerThread
 from metrica_bridge.engine.keyed import Job, KeyedScheduler
 from metrica_bridge.engine.offsets import OffsetTracker, TopicPartition
 from metrica_bridge.engine.pipeline import Parsed, Pipeline
 from metrica_bridge.logs import get_logger
-from metrica_bridge.metrics import EVENTS_CONSUMED, IN_FLIGHT, PARTITIONS_ASSIGNED
+from metrica_bridge.metrics import EVENTS_CONSUMED, IN_FLIGHT, PARTITIONS_ASSIGNED, ErrorClass
 from metrica_bridge.steps.dlq import SourceRecord
 
 log = get_logger("metrica_bridge.engine.runner")
@@ -89,7 +90,10 @@ class TopicRunner:
             if tp not in self.assigned:
                 continue  # revoked while the batch was on its way
             self.tracker.add(record.topic, record.partition, record.offset)
-            parsed = self.pipeline.parse(record)
+            try:
+                parsed: Parsed | tuple[ErrorClass, str] | None = self.pipeline.parse(record)
+            except SchemaUnavailable:
+                parsed = None
             key = record.key.decode("utf-8", "replace") if record.key else f"@{record.offset}"
             self.scheduler.submit(Job(key, tp, functools.partial(self._run, record, parsed)))
         EVENTS_CONSUMED.labels(topic=self.topic).inc(len(records))
@@ -103,10 +107,12 @@ class TopicRunner:
         tp = (parsed.source.topic, -1)  # not tracked: its offset was committed when parked
         self.scheduler.submit(Job(key, tp, functools.partial(self._run, parsed.source, parsed)))
 
-    async def _run(self, record: SourceRecord, parsed: Parsed | tuple[object, str]) -> None:
+    async def _run(self, record: SourceRecord, parsed: Parsed | tuple[object, str] | None) -> None:
         attempt = 0
         while True:
             try:
+                if parsed is None:  # the registry was unavailable when it arrived
+                    parsed = self.pipeline.parse(record)
                 if isinstance(parsed, Parsed):
                     await self.pipeline.handle(parsed)
                 else:

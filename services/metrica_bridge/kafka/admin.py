@@ -10,10 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
+from metrica_bridge.kafka.settings import for_producer
 from metrica_bridge.logs import kafka_logger
 
 KafkaConfig = Mapping[str, str] | str
@@ -25,10 +28,12 @@ class TopicError(RuntimeError):
 
 
 def admin_client(config: KafkaConfig) -> AdminClient:
-    props: dict[str, object] = (
-        {"bootstrap.servers": config} if isinstance(config, str) else dict(config)
+    # An admin client is a producer to librdkafka: consumer properties only cause warnings.
+    props: dict[str, Any] = (
+        {"bootstrap.servers": config} if isinstance(config, str) else for_producer(config)
     )
-    return AdminClient({**props, "logger": kafka_logger()})
+    full: dict[str, Any] = {**props, "logger": kafka_logger()}
+    return AdminClient(full)
 
 
 def list_topics(config: KafkaConfig | AdminClient, *, timeout_s: float = 10.0) -> dict[str, int]:

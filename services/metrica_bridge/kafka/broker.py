@@ -14,6 +14,7 @@ Used by ``make run`` (the demo) and by the integration tests; production points
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import re
@@ -127,10 +128,8 @@ class EmbeddedBroker:
         if process is not None:
             if process.poll() is None:
                 # The broker runs in its own session, so its process group id is its pid.
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             process.wait()
             atexit.unregister(self.stop)
         if self._log is not None:
@@ -151,7 +150,9 @@ class EmbeddedBroker:
     def _launch(self, binary: Path, port: int) -> None:
         url = f"tcp://{HOST}:{port}"
         self._log = (
-            self._log_path.open("a+b") if self._log_path else tempfile.TemporaryFile(prefix="tansu-")
+            self._log_path.open("a+b")
+            if self._log_path
+            else tempfile.TemporaryFile(prefix="tansu-")  # noqa: SIM115 (closed in stop())
         )
         self._process = subprocess.Popen(
             [
@@ -193,7 +194,7 @@ class EmbeddedBroker:
                 raise BrokerError("no metadata answer from our broker")
             try:
                 metadata = admin.list_topics(timeout=min(remaining, 0.5))
-            except Exception:  # KafkaException: still binding, or not a Kafka broker at all
+            except Exception:  # noqa: S112 (KafkaException: still binding, or not Kafka at all)
                 continue
             if metadata.cluster_id != self.cluster_id:
                 raise BrokerError(f"another broker ({metadata.cluster_id}) answers on the port")

@@ -14,6 +14,7 @@ Shared by the simulator, the dead-letter queue and replay. Two rules:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -26,8 +27,13 @@ import confluent_kafka
 from confluent_kafka import KafkaError
 
 from metrica_bridge.config import Settings
+from metrica_bridge.kafka.settings import (
+    PRODUCER_DEFAULTS,
+    for_producer,
+    layered,
+    producer_config,
+)
 from metrica_bridge.logs import kafka_logger
-from metrica_bridge.kafka.settings import PRODUCER_DEFAULTS, layered, producer_config
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -76,12 +82,24 @@ class Producer:
         *,
         with_defaults: bool = True,
         buffer_timeout_s: float = 60.0,
+        futures: bool = True,
     ) -> None:
-        props = layered(PRODUCER_DEFAULTS, config) if with_defaults else layered(config)
-        self._fatal: str | None = None
-        self._producer = confluent_kafka.Producer(
-            {**props, "error_cb": self._on_error, "logger": kafka_logger()}
+        """``futures=False`` asks librdkafka to report failed deliveries only: cheaper for
+        bulk producers that use :meth:`send` and :meth:`flush` alone; :meth:`produce` is then
+        unavailable (its futures would never resolve)."""
+        props = for_producer(
+            layered(PRODUCER_DEFAULTS, config) if with_defaults else layered(config)
         )
+        self._fatal: str | None = None
+        self._futures = futures
+        extra: dict[str, Any] = {"error_cb": self._on_error, "logger": kafka_logger()}
+        if not futures:
+            extra["delivery.report.only.error"] = True
+        try:
+            self._producer = confluent_kafka.Producer({**props, **extra})
+        except (confluent_kafka.KafkaException, TypeError, ValueError) as exc:
+            raise ProducerError(f"invalid producer configuration: {exc}") from None
+        self._raw_produce = self._producer.produce
         self._buffer_timeout_s = buffer_timeout_s
         self._lock = threading.Lock()
         self._failed = 0
@@ -91,8 +109,10 @@ class Producer:
         self._poller.start()
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: object) -> Producer:
-        return cls(producer_config(settings, **overrides), with_defaults=False)
+    def from_settings(
+        cls, settings: Settings, *, futures: bool = True, **overrides: object
+    ) -> Producer:
+        return cls(producer_config(settings, **overrides), with_defaults=False, futures=futures)
 
     def produce(
         self,
@@ -105,6 +125,8 @@ class Producer:
         partition: int | None = None,
     ) -> Future[Delivery]:
         """Queue one message; the future resolves when the broker acknowledged it."""
+        if not self._futures:
+            raise ProducerError("this producer was created with futures=False: use send()")
         future: Future[Delivery] = Future()
         # Running futures cannot be cancelled, so the delivery report can always resolve it.
         future.set_running_or_notify_cancel()
@@ -125,7 +147,14 @@ class Producer:
 
         Failures are still counted and raised by the next :meth:`flush`.
         """
-        self._produce(topic, key, value, headers, timestamp_ms, partition, self._count_report)
+        if headers or timestamp_ms is not None or partition is not None or self._fatal:
+            self._produce(topic, key, value, headers, timestamp_ms, partition, self._count_report)
+            return
+        # The common bulk case, kept lean: it runs tens of thousands of times a second.
+        try:
+            self._raw_produce(topic, value, key, on_delivery=self._count_report)
+        except (BufferError, confluent_kafka.KafkaException):
+            self._produce(topic, key, value, headers, timestamp_ms, partition, self._count_report)
 
     def _produce(
         self,
@@ -208,10 +237,8 @@ class Producer:
             self.close()
         else:
             # Already failing: don't mask the original error with a flush error.
-            try:
+            with contextlib.suppress(ProducerError):
                 self.close(timeout_s=5.0)
-            except ProducerError:
-                pass
 
     def _record_failure(self, error: KafkaError, message: confluent_kafka.Message) -> DeliveryError:
         failure = DeliveryError(message.topic() or "?", error)
@@ -229,7 +256,9 @@ class Producer:
         def report(error: KafkaError | None, message: confluent_kafka.Message) -> None:
             if error is None:
                 topic = message.topic() or ""
-                future.set_result(Delivery(topic, message.partition(), message.offset()))
+                # A delivered message always has both; the stubs just say Optional.
+                partition, offset = message.partition() or 0, message.offset() or 0
+                future.set_result(Delivery(topic, partition, offset))
             else:
                 future.set_exception(self._record_failure(error, message))
 

@@ -23,6 +23,79 @@ PRODUCER_DEFAULTS: dict[str, str] = {
 }
 
 
+# KAFKA_* overrides apply to every client (DESIGN.md §6), but librdkafka warns at start-up about
+# each property meant for the other client type; each client gets only what concerns it.
+CONSUMER_ONLY = frozenset(
+    {
+        "group.id",
+        "group.instance.id",
+        "group.protocol",
+        "group.protocol.type",
+        "group.remote.assignor",
+        "partition.assignment.strategy",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "coordinator.query.interval.ms",
+        "max.poll.interval.ms",
+        "enable.auto.commit",
+        "auto.commit.interval.ms",
+        "enable.auto.offset.store",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
+        "fetch.wait.max.ms",
+        "fetch.queue.backoff.ms",
+        "fetch.message.max.bytes",
+        "max.partition.fetch.bytes",
+        "fetch.max.bytes",
+        "fetch.min.bytes",
+        "fetch.error.backoff.ms",
+        "isolation.level",
+        "enable.partition.eof",
+        "check.crcs",
+        "auto.offset.reset",
+        "consume.callback.max.messages",
+    }
+)
+PRODUCER_ONLY = frozenset(
+    {
+        "transactional.id",
+        "transaction.timeout.ms",
+        "enable.idempotence",
+        "enable.gapless.guarantee",
+        "queue.buffering.max.messages",
+        "queue.buffering.max.kbytes",
+        "queue.buffering.max.ms",
+        "linger.ms",
+        "message.send.max.retries",
+        "retries",
+        "queue.buffering.backpressure.threshold",
+        "compression.codec",
+        "compression.type",
+        "compression.level",
+        "batch.num.messages",
+        "batch.size",
+        "delivery.report.only.error",
+        "sticky.partitioning.linger.ms",
+        "request.required.acks",
+        "acks",
+        "request.timeout.ms",
+        "message.timeout.ms",
+        "delivery.timeout.ms",
+        "partitioner",
+    }
+)
+
+
+def for_producer(props: Mapping[str, str]) -> dict[str, str]:
+    """``props`` without consumer-only properties (also right for admin clients)."""
+    return {name: value for name, value in props.items() if name not in CONSUMER_ONLY}
+
+
+def for_consumer(props: Mapping[str, str]) -> dict[str, str]:
+    """``props`` without producer-only properties."""
+    return {name: value for name, value in props.items() if name not in PRODUCER_ONLY}
+
+
 def layered(*layers: Mapping[str, object]) -> dict[str, str]:
     """Merge property layers, later ones winning, values as strings (librdkafka takes both)."""
     merged: dict[str, str] = {}
@@ -36,10 +109,10 @@ def producer_config(settings: Settings, **overrides: object) -> dict[str, str]:
     """Properties for a producer; keyword names use underscores for dots (``linger_ms=0``)."""
     return layered(
         PRODUCER_DEFAULTS,
-        settings.kafka_common(),
+        for_producer(settings.kafka_common()),
         {name.replace("_", "."): value for name, value in overrides.items()},
     )
 
 
 def admin_config(settings: Settings) -> dict[str, str]:
-    return dict(settings.kafka_common())
+    return for_producer(settings.kafka_common())

@@ -21,8 +21,8 @@ CREATE TABLE IF NOT EXISTS orders (
     counter_id INTEGER NOT NULL, order_id TEXT NOT NULL, doc TEXT NOT NULL, first_paid_at TEXT,
     PRIMARY KEY (counter_id, order_id));
 CREATE TABLE IF NOT EXISTS order_history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    counter_id INTEGER NOT NULL, order_id TEXT NOT NULL, doc TEXT NOT NULL);
+    seq INTEGER PRIMARY KEY, counter_id INTEGER NOT NULL, order_id TEXT NOT NULL,
+    order_status TEXT NOT NULL, uploading_id TEXT NOT NULL, received_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS order_statuses (
     counter_id INTEGER NOT NULL, status_id TEXT NOT NULL, doc TEXT NOT NULL,
     PRIMARY KEY (counter_id, status_id));
@@ -63,10 +63,19 @@ class SqliteState:
             yield cid, order_id, json.loads(doc), first_paid_at
 
     def history(self) -> Iterator[tuple[int, str, dict[str, Any]]]:
-        for cid, order_id, doc in self._db.execute(
-            "SELECT counter_id, order_id, doc FROM order_history ORDER BY seq"
+        for cid, order_id, status, uploading_id, received_at in self._db.execute(
+            "SELECT counter_id, order_id, order_status, uploading_id, received_at "
+            "FROM order_history ORDER BY seq"
         ):
-            yield cid, order_id, json.loads(doc)
+            yield (
+                cid,
+                order_id,
+                {
+                    "order_status": status,
+                    "uploading_id": uploading_id,
+                    "received_at": received_at,
+                },
+            )
 
     def statuses(self) -> Iterator[tuple[int, str, dict[str, Any]]]:
         for cid, status_id, doc in self._db.execute(
@@ -103,8 +112,13 @@ class SqliteState:
                 [(cid, key, _dumps(doc), paid) for cid, key, doc, paid in orders],
             )
             db.executemany(
-                "INSERT INTO order_history (counter_id, order_id, doc) VALUES (?, ?, ?)",
-                [(cid, key, _dumps(doc)) for cid, key, doc in history],
+                "INSERT INTO order_history "
+                "(counter_id, order_id, order_status, uploading_id, received_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (cid, key, e["order_status"], e["uploading_id"], e["received_at"])
+                    for cid, key, e in history
+                ],
             )
             db.execute(
                 "INSERT OR REPLACE INTO uploads VALUES (?, ?)",

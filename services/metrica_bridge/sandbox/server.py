@@ -42,14 +42,15 @@ class SandboxServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._client: httpx.Client | None = None
+        self._stopped = False
         self.url = ""
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0) -> SandboxServer:
         """Binds (port 0 picks a free one), serves in a thread, returns once it answers."""
-        if self._thread is not None:
-            raise RuntimeError("the sandbox is already running")
+        if self._thread is not None or self._stopped:
+            raise RuntimeError("a SandboxServer starts once: make a new one to restart")
         # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say so,
         # and without it every keep-alive request waits ~40 ms for a delayed ACK.
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
@@ -94,7 +95,9 @@ class SandboxServer:
             self._thread.join(timeout=10)
         self._server = None
         self._thread = None
-        self.sandbox.close()
+        if not self._stopped:
+            self._stopped = True
+            self.sandbox.close()
 
     def __enter__(self) -> SandboxServer:
         return self.start()

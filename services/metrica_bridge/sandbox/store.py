@@ -269,7 +269,7 @@ class Store:
     def upload_contacts(self, counter_id: int, mode: str, body: Any) -> Upload:
         c = self.counter(counter_id)
         try:
-            rows, _bad, errors = validate_contacts(body, self.max_rows)
+            rows, errors = validate_contacts(body, self.max_rows)
         except ApiError as exc:
             raise self._reject(
                 c, "contacts", mode, _row_count(body, "contacts"), exc.errors
@@ -294,7 +294,7 @@ class Store:
     def upload_orders(self, counter_id: int, mode: str, body: Any) -> Upload:
         c = self.counter(counter_id)
         try:
-            rows, _bad, errors = validate_orders(body, self.max_rows)
+            rows, errors = validate_orders(body, self.max_rows)
         except ApiError as exc:
             raise self._reject(c, "orders", mode, _row_count(body, "orders"), exc.errors) from None
         errors.extend(self._reference_errors(c, rows, {e.location for e in errors}))

@@ -257,22 +257,19 @@ def _check_row(
     fields: dict[str, Check],
     required: tuple[str, ...],
     errors: list[ErrorItem],
-) -> dict[str, Any] | None:
+) -> None:
     if not isinstance(row, dict):
         errors.append(ErrorItem("invalid_uploading", "a row must be a JSON object", where))
-        return None
-    ok = True
+        return
     for name in required:
         if row.get(name) is None:
             errors.append(ErrorItem("missing_parameter", f"{name} is required", f"{where}.{name}"))
-            ok = False
     for name, value in row.items():
         check = fields.get(name)
         if check is None:
             errors.append(
                 ErrorItem("invalid_parameter", _unknown_field(name, fields), f"{where}.{name}")
             )
-            ok = False
         elif value is not None:
             try:
                 row[name] = check(value)
@@ -280,8 +277,6 @@ def _check_row(
                 errors.append(
                     ErrorItem(exc.error_type, f"{name} {exc.message}", f"{where}.{name}{exc.where}")
                 )
-                ok = False
-    return row if ok else None
 
 
 def _rows(body: Any, key: str, max_rows: int) -> list[Any]:
@@ -307,10 +302,9 @@ def _rows(body: Any, key: str, max_rows: int) -> list[Any]:
 
 
 class Checked(NamedTuple):
-    """Rows of an upload after field checks; rows in ``bad`` failed and must not be applied."""
+    """Rows of an upload after field checks; any error means nothing may be applied."""
 
     rows: list[Any]
-    bad: set[int]
     errors: list[ErrorItem]
 
 
@@ -325,12 +319,10 @@ def _validate(
     """Checks every row (normalising values in place) and collects every error."""
     rows = _rows(body, key, max_rows)
     errors: list[ErrorItem] = []
-    bad: set[int] = set()
     first_seen: dict[Any, int] = {}
     for i, row in enumerate(rows):
         where = f"{key}[{i}]"
-        if _check_row(row, where, fields, required, errors) is None:
-            bad.add(i)
+        _check_row(row, where, fields, required, errors)
         if isinstance(row, dict) and isinstance(row.get(id_field), str):
             row_id = row[id_field]
             first = first_seen.setdefault(row_id, i)
@@ -343,8 +335,7 @@ def _validate(
                         f"{where}.{id_field}",
                     )
                 )
-                bad.add(i)
-    return Checked(rows, bad, errors)
+    return Checked(rows, errors)
 
 
 def validate_contacts(body: Any, max_rows: int = DEFAULT_MAX_ROWS) -> Checked:

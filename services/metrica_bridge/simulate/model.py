@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from metrica_bridge.codec import Codec, WireFormat
 from metrica_bridge.events import EventKind
@@ -126,8 +126,12 @@ class SimulationConfig:
         return self.id_prefix if self.id_prefix is not None else f"s{self.seed}"
 
 
-@dataclass(frozen=True, slots=True)
-class SimulatedMessage:
+class SimulatedMessage(NamedTuple):
+    """One message to produce, with what the service should make of it.
+
+    (A named tuple rather than a frozen dataclass: it is built once per event on the hot path.)
+    """
+
     topic: str
     key: bytes | None
     value: bytes
@@ -245,6 +249,15 @@ class _Deal:
     cost_cents: int | None = None
     products: list[dict[str, Any]] = field(default_factory=list)
     old: bool = False
+    # Encoded-record values computed once per deal rather than once per event.
+    revenue: Decimal | None = None
+    cost: Decimal | None = None
+    created_at: datetime | None = None
+
+    def created_datetime(self) -> datetime:
+        if self.created_at is None:
+            self.created_at = to_datetime(self.created_ms)
+        return self.created_at
 
 
 # A step is a tuple; the first element says what it is:
@@ -277,8 +290,8 @@ class _Generator:
         self.pool: list[_Client | None] = [None] * config.clients
         self.returning: list[_Client] = []
         self.counters = {"lead": 0, "deal": 0, "payment": 0, "client": 0}
-        self.story_kinds = list(STORY_WEIGHTS)
-        self.story_weights = list(STORY_WEIGHTS.values())
+        # One entry per unit of weight: a uniform pick is a weighted choice, at a tenth the cost.
+        self.story_deck = [kind for kind, weight in STORY_WEIGHTS.items() for _ in range(weight)]
         self.clock_ms = self.start_ms
         # Adaptive odds of making a story late, so the late share lands near the target.
         self.late_target = round(config.late * config.count)
@@ -312,7 +325,9 @@ class _Generator:
             else None
         )
         client_id = (
-            f"{rng.randrange(10**9, 10**10)}{rng.randrange(10**9):09d}" if rng.random() < 0.85 else None
+            f"{rng.randrange(10**9, 10**10)}{rng.randrange(10**9):09d}"
+            if rng.random() < 0.85
+            else None
         )
         if phone is None and email is None and client_id is None:
             client_id = f"{rng.randrange(10**9, 10**10)}{rng.randrange(10**9):09d}"
@@ -334,6 +349,8 @@ class _Generator:
         deal.versioned = rng.random() < 0.9
         deal.revenue_cents = rng.between(1_000, 50_000) * 100 + rng.pick((0, 0, 50, 99))
         deal.cost_cents = deal.revenue_cents * 3 // 10 if rng.random() < 0.2 else None
+        deal.revenue = money(deal.revenue_cents)
+        deal.cost = None if deal.cost_cents is None else money(deal.cost_cents)
         deal.products = [
             {"sku": f"SKU-{rng.between(1, 500):04d}", "quantity": rng.between(1, 5)}
             for _ in range(rng.pick((0, 1, 1, 2, 3)))
@@ -367,7 +384,9 @@ class _Generator:
             revenue = None
             if status == "qualified" or (status == "won" and rng.random() < 0.8):
                 revenue = deal.revenue_cents
-            steps.append(("status", deal, status, version if deal.versioned else None, revenue, False))
+            steps.append(
+                ("status", deal, status, version if deal.versioned else None, revenue, False)
+            )
         if path and path[-1] == "won":
             steps.extend(self.payment_plan(deal, won_revenue=steps[-1][4]))
         return steps
@@ -407,7 +426,7 @@ class _Generator:
     def new_story(self) -> _StoryState:
         rng = self.rng
         self.stories_started += 1
-        kind = rng.choices(self.story_kinds, self.story_weights)[0]
+        kind = rng.pick(self.story_deck)
         if kind is Story.REPEAT_DEAL and not self.returning:
             kind = Story.LEAD_THEN_DEAL
         steps: list[Step]
@@ -436,7 +455,9 @@ class _Generator:
             lead = ("lead", self.next_id("lead", "L"), client, None, -1)
             steps = [*statuses[:cut], lead, *statuses[cut:]]
         else:
-            steps = self.status_plan(self.new_deal(self.new_client(anonymous=True)), created_by_lead=False)
+            steps = self.status_plan(
+                self.new_deal(self.new_client(anonymous=True)), created_by_lead=False
+            )
         self.maybe_late(steps)
         return _StoryState(kind, steps)
 
@@ -473,24 +494,24 @@ class _Generator:
         """Now, for this deal: its first event happens at its creation, later ones after it."""
         if deal.created_ms < 0:
             deal.created_ms = self.clock_ms
-        if deal.last_ms < 0:
-            occurred = deal.created_ms  # an old deal's first event is 30 days old too
-        else:
-            occurred = max(self.clock_ms, deal.last_ms + 1)
+        # The first event happens at creation (an old deal's, 30 days ago); later ones now.
+        occurred = deal.created_ms if deal.last_ms < 0 else max(self.clock_ms, deal.last_ms + 1)
         deal.last_ms = occurred
         return occurred
 
     def lead_message(self, story: _StoryState, step: Step) -> SimulatedMessage:
         rng = self.rng
         _, lead_id, client, deal, fixed_ms = step
+        old = False
         if fixed_ms == -1:
             # identity_late: the lead predates the deal it is published after.
             first_deal: _Deal = story.steps[0][1]
             occurred_ms = first_deal.created_ms - rng.between(10, 120) * _MINUTE_MS
+            old = first_deal.old
         elif fixed_ms is not None:
-            occurred_ms = fixed_ms
+            occurred_ms, old = fixed_ms, True  # the lead of an old lead_then_deal story
         elif deal is not None:
-            occurred_ms = self.deal_time(deal)  # the lead creates the order
+            occurred_ms, old = self.deal_time(deal), deal.old  # the lead creates the order
         else:
             occurred_ms = self.clock_ms
         if not client.has_lead:
@@ -512,7 +533,11 @@ class _Generator:
                 "content": None,
                 "term": None,
             }
-        yclid = str(10**17 + rng.getrandbits(64) % (9 * 10**17)) if utm and utm["source"] == "yandex" else None
+        yclid = (
+            str(10**17 + rng.getrandbits(64) % (9 * 10**17))
+            if utm and utm["source"] == "yandex"
+            else None
+        )
         event_id = self.event_id()
         deal_id = deal.deal_id if deal is not None else None
         record = {
@@ -537,7 +562,7 @@ class _Generator:
             "client": client.uniq_id,
             "occurred_at_ms": occurred_ms,
             "deal_created_at_ms": occurred_ms if deal is not None else None,
-            "old": deal.old if deal is not None else False,
+            "old": old,
             "metrica_client_id": client_id,
             "phones": phones,
             "emails": emails,
@@ -555,10 +580,10 @@ class _Generator:
             "occurred_at": to_datetime(occurred_ms),
             "deal_id": deal.deal_id,
             "client_uniq_id": deal.client.uniq_id,
-            "deal_created_at": to_datetime(deal.created_ms),
+            "deal_created_at": deal.created_datetime(),
             "status": status,
-            "revenue": None if revenue is None else money(revenue),
-            "cost": None if deal.cost_cents is None else money(deal.cost_cents),
+            "revenue": None if revenue is None else deal.revenue,
+            "cost": deal.cost,
             "currency": deal.currency,
             "products": deal.products,
             "version": version,
@@ -588,7 +613,7 @@ class _Generator:
             "client_uniq_id": deal.client.uniq_id,
             "amount": money(amount),
             "currency": deal.currency or "RUB",
-            "deal_created_at": to_datetime(deal.created_ms) if with_created else None,
+            "deal_created_at": deal.created_datetime() if with_created else None,
         }
         facts = {
             "deal_id": deal.deal_id,

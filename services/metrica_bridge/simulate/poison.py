@@ -46,13 +46,12 @@ class PoisonMaker:
     def __init__(self, generator: _Generator) -> None:
         self.gen = generator
         self.rng = generator.rng
-        self.kinds = list(POISON_WEIGHTS)
-        self.weights = list(POISON_WEIGHTS.values())
+        self.deck = [kind for kind, weight in POISON_WEIGHTS.items() for _ in range(weight)]
         self.made = 0
 
     def make(self) -> SimulatedMessage:
         self.made += 1
-        kind = self.rng.choices(self.kinds, self.weights)[0]
+        kind = self.rng.pick(self.deck)
         if kind == "garbage":
             return self.garbage()
         if kind == "truncated":

@@ -41,7 +41,7 @@ def produce(
     :class:`~metrica_bridge.kafka.producer.UndeliveredError` otherwise.
     """
     stats = Stats()
-    by_topic, by_fate = stats.by_topic, stats.by_fate
+    tally: dict[tuple[str, str], int] = {}
     send = producer.send
     started = time.monotonic()
     interval = 1.0 / rate if rate > 0 else 0.0
@@ -56,21 +56,22 @@ def produce(
         send(message.topic, message.key, message.value)
         count += 1
         size += len(message.value)
-        by_topic[message.topic] += 1
-        by_fate[message.fate.value] += 1
+        group = (message.topic, message.fate)
+        tally[group] = tally.get(group, 0) + 1
         if on_progress is not None and count % progress_every == 0:
             on_progress(count)
     producer.flush(flush_timeout_s)
-    stats.messages, stats.bytes = count, size
     stats.elapsed_s = time.monotonic() - started
+    stats.messages, stats.bytes = count, size
+    for (topic, fate), n in tally.items():
+        stats.by_topic[topic] += n
+        stats.by_fate[str(fate)] += n
     if on_progress is not None:
         on_progress(count)
     return stats
 
 
-def with_manifest(
-    messages: Iterable[SimulatedMessage], out: IO[str]
-) -> Iterator[SimulatedMessage]:
+def with_manifest(messages: Iterable[SimulatedMessage], out: IO[str]) -> Iterator[SimulatedMessage]:
     """Pass messages through, writing one JSON line per message to ``out``."""
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     for message in messages:

@@ -44,6 +44,12 @@ def header(headers: tuple[tuple[str, bytes], ...], name: str) -> str | None:
     return None
 
 
+def is_replay(record: SourceRecord) -> bool:
+    """Re-published by ``metrica-bridge replay`` (it sets ``dlq.replay.count`` ≥ 1)."""
+    count = header(record.headers, REPLAY_COUNT)
+    return count is not None and count.isdigit() and int(count) > 0
+
+
 def dlq_headers(
     record: SourceRecord, error_class: ErrorClass, message: str, attempts: int
 ) -> list[tuple[str, bytes]]:

@@ -163,7 +163,8 @@ class Store(Protocol):
         ...
 
     def renew_claims(self, owner: str, lease_s: float) -> int:
-        """Extend every live claim of this owner (heartbeat); return how many."""
+        """Extend every live lease of this owner, order claims and taken parked events alike
+        (heartbeat); return how many order claims."""
         ...
 
     # parked events
@@ -197,5 +198,7 @@ class Store(Protocol):
     # the unit of work
     def apply(self, changes: Changes) -> None:
         """Write everything in one transaction. Ledger inserts keep the FIRST outcome of an
-        event id (a later insert for the same id is ignored), so replays cannot rewrite history."""
+        event id (a later insert for the same id is ignored), so redeliveries cannot rewrite
+        history — except that a ``dead_lettered`` outcome gives way to a later non-DLQ outcome:
+        that is a DLQ replay settling the event."""
         ...

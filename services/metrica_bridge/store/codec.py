@@ -12,7 +12,7 @@ from decimal import Decimal
 from importlib import resources
 from typing import TypeVar
 
-from metrica_bridge.store.base import Identity, IdentityUpdate, OrderState, ParkedEvent
+from metrica_bridge.store.base import Identity, IdentityUpdate, LedgerEntry, OrderState, ParkedEvent
 
 T = TypeVar("T")
 
@@ -48,10 +48,20 @@ def unique(items: Iterable[str]) -> list[str]:
     return sorted(set(items))
 
 
+# Reused: json.dumps with options builds a new encoder per call, which shows on the hot path.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_SORTED = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
+def encode_list(values: Sequence[str]) -> str:
+    return _COMPACT.encode(list(values)) if values else "[]"
+
+
 def encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:
-    return json.dumps(
-        [[name, base64.b64encode(value).decode("ascii")] for name, value in headers],
-        separators=(",", ":"),
+    if not headers:
+        return "[]"
+    return _COMPACT.encode(
+        [[name, base64.b64encode(value).decode("ascii")] for name, value in headers]
     )
 
 
@@ -61,10 +71,14 @@ def decode_headers(raw: str | Sequence[Sequence[str]]) -> tuple[tuple[str, bytes
 
 
 def encode_payments(payments: Mapping[str, Decimal]) -> str:
-    return json.dumps({pid: str(amount) for pid, amount in payments.items()}, sort_keys=True)
+    if not payments:
+        return "{}"
+    return _SORTED.encode({pid: str(amount) for pid, amount in payments.items()})
 
 
 def decode_payments(raw: str | Mapping[str, str]) -> dict[str, Decimal]:
+    if not raw or raw == "{}":
+        return {}
     data = json.loads(raw) if isinstance(raw, str) else raw
     return {str(pid): Decimal(str(amount)) for pid, amount in data.items()}
 
@@ -164,3 +178,14 @@ def migrations(dialect: str) -> list[tuple[int, str, str]]:
     if len(set(versions)) != len(versions):
         raise RuntimeError(f"two {dialect} migrations share a version number")
     return found
+
+
+def settle_ledger(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
+    """One entry per event id, by the ledger's rule: the first outcome wins, except that a
+    ``dead_lettered`` one gives way to a later outcome (a DLQ replay settling the event)."""
+    settled: dict[str, LedgerEntry] = {}
+    for entry in entries:
+        first = settled.get(entry.event_id)
+        if first is None or (first.outcome == "dead_lettered" and entry.outcome != "dead_lettered"):
+            settled[entry.event_id] = entry
+    return [settled[event_id] for event_id in sorted(settled)]

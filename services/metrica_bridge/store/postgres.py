@@ -39,6 +39,7 @@ from metrica_bridge.store.codec import (
     last_per_deal,
     migrations,
     park_order,
+    settle_ledger,
     unique,
     utc,
 )
@@ -88,7 +89,7 @@ class PostgresStore:
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout_s)
-        except (psycopg_pool.PoolTimeout, psycopg.Error) as exc:
+        except psycopg.Error as exc:  # PoolTimeout included
             self._pool.close()
             raise StoreError(
                 f"cannot connect to PostgreSQL store {display_url}: {type(exc).__name__}"
@@ -99,10 +100,10 @@ class PostgresStore:
         try:
             with self._pool.connection() as conn:
                 yield conn
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise _error(op, exc) from None
         except psycopg_pool.PoolClosed:
             raise StoreError("store is closed") from None
+        except psycopg.Error as exc:  # PoolTimeout included
+            raise _error(op, exc) from None
 
     # lifecycle
 
@@ -259,7 +260,7 @@ class PostgresStore:
                 " SELECT d, %s, now() + %s * interval '1 second' FROM unnest(%s::text[]) AS d"
                 " ON CONFLICT (deal_id) DO UPDATE"
                 " SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at"
-                ""
+                " WHERE c.expires_at <= now()"
                 " RETURNING deal_id",
                 (owner, lease_s, keys),
             ).fetchall()
@@ -270,6 +271,11 @@ class PostgresStore:
             cur = conn.execute(
                 "UPDATE order_claims SET expires_at = now() + %s * interval '1 second'"
                 " WHERE owner = %s AND expires_at > now()",
+                (lease_s, owner),
+            )
+            conn.execute(
+                "UPDATE parked SET lease_expires_at = now() + %s * interval '1 second'"
+                " WHERE lease_owner = %s AND lease_expires_at > now()",
                 (lease_s, owner),
             )
             return cur.rowcount
@@ -359,7 +365,7 @@ class PostgresStore:
             row = conn.execute(
                 "INSERT INTO quota AS q (day, used) VALUES (%s, %s)"
                 " ON CONFLICT (day) DO UPDATE SET used = q.used + EXCLUDED.used"
-                " RETURNING used",
+                " WHERE q.used + EXCLUDED.used <= %s RETURNING used",
                 (day, n, limit),
             ).fetchone()
         return row is not None
@@ -402,16 +408,16 @@ def _configure(conn: Conn) -> None:
 
 def _apply(conn: Conn, changes: Changes) -> None:
     if changes.ledger:
-        seen: dict[str, LedgerEntry] = {}
-        for entry in changes.ledger:
-            seen.setdefault(entry.event_id, entry)  # the first outcome wins within a batch too
-        ledger = [seen[eid] for eid in sorted(seen)]
+        ledger = settle_ledger(changes.ledger)
         conn.execute(
             "INSERT INTO ledger (event_id, topic, outcome, detail, upload_id, recorded_at)"
             " SELECT e, t, o, d, u, COALESCE(r, now())"
             " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
             "  %s::timestamptz[]) AS x(e, t, o, d, u, r)"
-            " ON CONFLICT (event_id) DO NOTHING",
+            " ON CONFLICT (event_id) DO UPDATE SET"
+            " outcome = excluded.outcome, detail = excluded.detail,"
+            " upload_id = excluded.upload_id, recorded_at = excluded.recorded_at"
+            " WHERE ledger.outcome = 'dead_lettered' AND excluded.outcome <> 'dead_lettered'",
             (
                 [e.event_id for e in ledger],
                 [e.topic for e in ledger],

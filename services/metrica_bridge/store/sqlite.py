@@ -33,6 +33,7 @@ from metrica_bridge.store.codec import (
     decode_headers,
     decode_payments,
     encode_headers,
+    encode_list,
     encode_payments,
     first_per_event,
     fold_updates,
@@ -42,6 +43,7 @@ from metrica_bridge.store.codec import (
     migrations,
     now_utc,
     park_order,
+    settle_ledger,
     to_us,
     unique,
 )
@@ -68,11 +70,7 @@ def _opt_decimal(raw: str | None) -> Decimal | None:
 
 
 def _ids(raw: str) -> tuple[str, ...]:
-    return tuple(sorted(json.loads(raw)))
-
-
-def _json_ids(values: Sequence[str]) -> str:
-    return json.dumps(list(values), separators=(",", ":"))
+    return () if raw == "[]" else tuple(sorted(json.loads(raw)))
 
 
 class SqliteStore:
@@ -131,7 +129,7 @@ class SqliteStore:
             self._check_open()
             conn = self._conn
             try:
-                conn.execute("BEGIN")
+                conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StoreError(f"store {op} failed: {type(exc).__name__}: {exc}") from None
             try:
@@ -237,6 +235,8 @@ class SqliteStore:
             merged = {
                 cid: merge_identity(current.get(cid), update, now) for cid, update in folded.items()
             }
+            # most leads repeat what is known already: write only what changed
+            changed = [ident for cid, ident in sorted(merged.items()) if ident != current.get(cid)]
             conn.executemany(
                 "INSERT INTO identities (client_uniq_id, client_ids, phones, emails, name,"
                 " consent, has_identifier, uploaded_fingerprint, created_at)"
@@ -247,16 +247,16 @@ class SqliteStore:
                 [
                     (
                         ident.client_uniq_id,
-                        _json_ids(ident.client_ids),
-                        _json_ids(ident.phones),
-                        _json_ids(ident.emails),
+                        encode_list(ident.client_ids),
+                        encode_list(ident.phones),
+                        encode_list(ident.emails),
                         ident.name,
                         int(ident.consent),
                         int(ident.has_identifier()),
                         ident.uploaded_fingerprint,
                         to_us(ident.created_at or now),
                     )
-                    for _, ident in sorted(merged.items())
+                    for ident in changed
                 ],
             )
             return merged
@@ -352,6 +352,10 @@ class SqliteStore:
             now = to_us(now_utc())
             cur = conn.execute(
                 "UPDATE order_claims SET expires_at = ? WHERE owner = ? AND expires_at > ?",
+                (now + _lease_us(lease_s), owner, now),
+            )
+            conn.execute(
+                "UPDATE parked SET lease_expires_at = ? WHERE lease_owner = ? AND lease_expires_at > ?",
                 (now + _lease_us(lease_s), owner, now),
             )
             return cur.rowcount
@@ -463,12 +467,15 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
                 e.upload_id,
                 now if e.recorded_at is None else to_us(e.recorded_at),
             )
-            for e in changes.ledger
+            for e in settle_ledger(changes.ledger)
         ]
         steps.append(
             lambda c: c.executemany(
                 "INSERT INTO ledger (event_id, topic, outcome, detail, upload_id, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE SET"
+                " outcome = excluded.outcome, detail = excluded.detail,"
+                " upload_id = excluded.upload_id, recorded_at = excluded.recorded_at"
+                " WHERE ledger.outcome = 'dead_lettered' AND excluded.outcome != 'dead_lettered'",
                 rows,
             )
         )
