@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import signal
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import ConfigError, Settings
@@ -18,12 +20,14 @@ from metrica_bridge.events import EventKind
 from metrica_bridge.health import HealthServer
 from metrica_bridge.kafka.admin import ensure_topics
 from metrica_bridge.kafka.producer import Producer
+from metrica_bridge.kafka.settings import for_consumer
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrica.status_map import load_status_map
 from metrica_bridge.metrics import QUOTA_REMAINING
 from metrica_bridge.steps.batch import Batcher
 from metrica_bridge.steps.dlq import DeadLetters, dlq_topic
+from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.steps.send import Sender
 from metrica_bridge.store import open_store
 from metrica_bridge.store.base import Store
@@ -80,7 +84,8 @@ class Service:
             client = MetricaClient.from_settings(s)
             timezone = await client.counter_timezone()
             producer = Producer.from_settings(s)
-            sender = Sender(client, on_setup_error=self._on_setup_error)
+            owner = f"mb-{uuid.uuid4().hex[:12]}"
+            sender = Sender(client, self.store, owner, on_setup_error=self._on_setup_error)
             batcher = Batcher(
                 sender,
                 max_records=s.batch_max_records,
@@ -97,11 +102,13 @@ class Service:
                 timezone=timezone,
                 topics=s.topics(),
                 hash_identifiers=s.hash_identifiers,
+                owner=owner,
+                reconciler=Reconciler(self.store, client, ZoneInfo(timezone)),
             )
             for kind in self.kinds:
                 topic = s.topics()[kind]
                 self.runners[topic] = TopicRunner(
-                    topic, s.group_id(kind), s.kafka_common(), pipeline, s
+                    topic, s.group_id(kind), for_consumer(s.kafka_common()), pipeline, s
                 )
             for runner in self.runners.values():
                 await runner.start()

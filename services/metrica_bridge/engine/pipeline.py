@@ -44,6 +44,7 @@ from metrica_bridge.steps import map as mapping
 from metrica_bridge.steps.batch import Ack, Batcher, Endpoint
 from metrica_bridge.steps.dedupe import Dedupe
 from metrica_bridge.steps.dlq import DeadLetters, SourceRecord, is_replay
+from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.steps.record import Recorder
 from metrica_bridge.steps.send import Rejected
 from metrica_bridge.store.base import (
@@ -54,6 +55,7 @@ from metrica_bridge.store.base import (
     OrderState,
     ParkedEvent,
     Store,
+    UploadIntent,
 )
 
 log = get_logger("metrica_bridge.engine.pipeline")
@@ -85,6 +87,7 @@ class Pipeline:
         topics: dict[EventKind, str],
         hash_identifiers: bool = False,
         owner: str | None = None,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self.store = store
         self.codec = codec
@@ -95,6 +98,7 @@ class Pipeline:
         self.kinds = {topic: kind for kind, topic in topics.items()}
         self.hash_identifiers = hash_identifiers
         self.owner = owner or f"mb-{uuid.uuid4().hex[:12]}"
+        self.reconciler = reconciler
         self.recorder = Recorder(store)
         self.dedupe = Dedupe(store)
         self._identities: BatchLoader[str, Identity | None] = BatchLoader(
@@ -104,6 +108,9 @@ class Pipeline:
         self._orders: BatchLoader[str, OrderState | None] = BatchLoader(store.orders, default=None)
         self._parked: BatchLoader[str, bool] = BatchLoader(self._parked_batch, default=False)
         self._claim: BatchCall[str, bool] = BatchCall(self._claim_batch)
+        self._inflight: BatchLoader[str, UploadIntent | None] = BatchLoader(
+            store.inflight, default=None
+        )
         self._uploaded: dict[str, str] = {}  # client -> fingerprint Metrica holds (this process)
 
     # -- store calls, batched ----------------------------------------------------------------
@@ -288,13 +295,28 @@ class Pipeline:
                     partition=parsed.source.partition,
                     offset=parsed.source.offset,
                 )
-            record = verdict.record.render(self.zone)
-            ack = await self.batcher.submit(Endpoint.ORDERS, deal_id, record, deadline)
+            event_id = parsed.event.event_id
+            ack = await self._recovered(event_id)
+            if ack is None:
+                record = verdict.record.render(self.zone)
+                ack = await self.batcher.submit(
+                    Endpoint.ORDERS, deal_id, record, deadline, event_id
+                )
             changes.orders.append(verdict.state)
             await self._finish(parsed, Outcome.DELIVERED, "order", ack, changes)
         except BaseException:
             await self._record(Changes(release_claims=[deal_id]))
             raise
+
+    async def _recovered(self, event_id: str) -> Ack | None:
+        """The upload of a previous run that already carried this event, if Metrica applied it."""
+        intent = await self._inflight.load(event_id)
+        if intent is None or intent.owner == self.owner or self.reconciler is None:
+            return None
+        uploading_id = await self.reconciler.applied(intent)
+        if uploading_id is None:
+            return None
+        return Ack(uploading_id, intent.records, time.time())
 
     async def _acquire(self, deal_id: str) -> None:
         delay = 0.02

@@ -43,6 +43,7 @@ class Pending:
     size: int
     deadline: float  # monotonic time
     futures: list[asyncio.Future[Ack]] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)  # the events this record completes
 
 
 SendFn = Callable[[Endpoint, list[Pending]], Coroutine[Any, Any, None]]
@@ -77,11 +78,18 @@ class Batcher:
         return start + self._linger_s * self._linger_factor()
 
     async def submit(
-        self, endpoint: Endpoint, record_id: str, record: dict[str, Any], deadline: float
+        self,
+        endpoint: Endpoint,
+        record_id: str,
+        record: dict[str, Any],
+        deadline: float,
+        event_id: str | None = None,
     ) -> Ack:
         future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
         size = len(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()) + 1
-        pending = Pending(record_id, record, size, deadline, [future])
+        pending = Pending(
+            record_id, record, size, deadline, [future], [event_id] if event_id else []
+        )
         self._add(endpoint, pending)
         return await future
 
@@ -91,6 +99,7 @@ class Batcher:
         if waiting is not None:
             if endpoint is Endpoint.CONTACTS:
                 waiting.futures.extend(pending.futures)
+                waiting.event_ids.extend(pending.event_ids)
                 self._bytes[endpoint] += pending.size - waiting.size
                 waiting.record, waiting.size = pending.record, pending.size
                 waiting.deadline = min(waiting.deadline, pending.deadline)

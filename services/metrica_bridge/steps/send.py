@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrica.errors import MetricaError, PermanentError, SetupError
 from metrica_bridge.metrics import LAST_SUCCESSFUL_UPLOAD, SETUP_ERROR, UPLOAD_RECORDS
 from metrica_bridge.steps.batch import Ack, Endpoint, Pending
+from metrica_bridge.store.base import Store, UploadIntent
 
 log = get_logger("metrica_bridge.steps.send")
 
@@ -35,11 +38,15 @@ class Sender:
     def __init__(
         self,
         client: MetricaClient,
+        store: Store,
+        owner: str,
         *,
         setup_retry_s: float = 30.0,
         on_setup_error: Callable[[str | None], None] = lambda _: None,
     ) -> None:
         self._client = client
+        self._store = store
+        self._owner = owner
         self._setup_retry_s = setup_retry_s
         self._on_setup_error = on_setup_error
 
@@ -83,19 +90,28 @@ class Sender:
             if endpoint is Endpoint.CONTACTS
             else self._client.upload_orders
         )
+        intent = UploadIntent(
+            uuid.uuid4().hex, self._owner, endpoint.value, len(batch), datetime.now(UTC)
+        )
+        events = [event_id for p in batch for event_id in p.event_ids]
+        await asyncio.to_thread(self._store.begin_upload, intent, events)
         try:
             result = await upload(records)
-        except PermanentError as exc:
-            await self._isolate(endpoint, batch, exc)
-            return
-        except SetupError:
-            raise
         except MetricaError as exc:
-            for pending in batch:
-                for future in pending.futures:
-                    if not future.done():
-                        future.set_exception(exc)
+            # Refused, or given up: either way Metrica holds none of it.
+            await asyncio.to_thread(self._store.finish_upload, intent.intent_id, None)
+            if isinstance(exc, PermanentError):
+                await self._isolate(endpoint, batch, exc)
+            elif isinstance(exc, SetupError):
+                raise
+            else:
+                for pending in batch:
+                    for future in pending.futures:
+                        if not future.done():
+                            future.set_exception(exc)
             return
+        # Known before the outcome is recorded: a crash in between is recognised on recovery.
+        await asyncio.to_thread(self._store.finish_upload, intent.intent_id, result.uploading_id)
         now = time.time()
         ack = Ack(result.uploading_id, len(batch), now)
         UPLOAD_RECORDS.labels(endpoint=endpoint.value).observe(len(batch))

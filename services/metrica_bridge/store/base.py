@@ -98,6 +98,19 @@ class ParkedEvent:
     timestamp_ms: int | None = None  # the original Kafka record timestamp
 
 
+@dataclass(frozen=True, slots=True)
+class UploadIntent:
+    """An upload about to be sent (or sent, outcome unknown until ``resolved``)."""
+
+    intent_id: str
+    owner: str  # the process that sent it
+    endpoint: str  # contacts | orders
+    records: int
+    started_at: datetime
+    resolved: bool = False
+    uploading_id: str | None = None  # Metrica's id when it is known to have been applied
+
+
 @dataclass(slots=True)
 class Changes:
     """One atomic unit of work. Empty fields are no-ops."""
@@ -195,10 +208,28 @@ class Store(Protocol):
 
     def quota_used(self, day: str) -> int: ...
 
+    # upload intents (crash recovery of uploads whose answer was never read)
+    def begin_upload(self, intent: UploadIntent, event_ids: Sequence[str]) -> None:
+        """Record the intent and which events it carries, before the request is sent."""
+        ...
+
+    def finish_upload(self, intent_id: str, uploading_id: str | None) -> None:
+        """Resolve: applied as ``uploading_id``, or known not applied (None)."""
+        ...
+
+    def inflight(self, event_ids: Iterable[str]) -> dict[str, UploadIntent]:
+        """The latest intent that carried each of these events, when it has one."""
+        ...
+
+    def known_uploads(self, since: datetime) -> set[str]:
+        """Metrica uploading ids already matched to an intent started since then."""
+        ...
+
     # the unit of work
     def apply(self, changes: Changes) -> None:
         """Write everything in one transaction. Ledger inserts keep the FIRST outcome of an
         event id (a later insert for the same id is ignored), so redeliveries cannot rewrite
         history — except that a ``dead_lettered`` outcome gives way to a later non-DLQ outcome:
-        that is a DLQ replay settling the event."""
+        that is a DLQ replay settling the event. Recording an outcome forgets the event's
+        upload intent (``inflight``)."""
         ...

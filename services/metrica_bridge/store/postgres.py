@@ -28,6 +28,7 @@ from metrica_bridge.store.base import (
     OrderState,
     ParkedEvent,
     StoreError,
+    UploadIntent,
 )
 from metrica_bridge.store.codec import (
     decode_headers,
@@ -171,6 +172,12 @@ class PostgresStore:
     def purge_ledger(self, older_than: datetime) -> int:
         with self._conn("purge_ledger") as conn:
             cur = conn.execute("DELETE FROM ledger WHERE recorded_at < %s", (utc(older_than),))
+            conn.execute(
+                "DELETE FROM inflight_events WHERE intent_id IN (SELECT intent_id FROM"
+                " upload_intents WHERE started_at < %s)",
+                (utc(older_than),),
+            )
+            conn.execute("DELETE FROM upload_intents WHERE started_at < %s", (utc(older_than),))
             return cur.rowcount
 
     # identities
@@ -377,6 +384,61 @@ class PostgresStore:
 
     # the unit of work
 
+    # upload intents
+
+    def begin_upload(self, intent: UploadIntent, event_ids: Sequence[str]) -> None:
+        with self._conn("begin_upload") as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO upload_intents (intent_id, owner, endpoint, records, started_at)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (
+                    intent.intent_id,
+                    intent.owner,
+                    intent.endpoint,
+                    intent.records,
+                    utc(intent.started_at),
+                ),
+            )
+            conn.execute(
+                "INSERT INTO inflight_events (event_id, intent_id)"
+                " SELECT e, %s FROM unnest(%s::text[]) AS x(e)"
+                " ON CONFLICT (event_id) DO UPDATE SET intent_id = excluded.intent_id",
+                (intent.intent_id, sorted(set(event_ids))),
+            )
+
+    def finish_upload(self, intent_id: str, uploading_id: str | None) -> None:
+        with self._conn("finish_upload") as conn:
+            conn.execute(
+                "UPDATE upload_intents SET resolved = TRUE, uploading_id = %s WHERE intent_id = %s",
+                (uploading_id, intent_id),
+            )
+
+    def inflight(self, event_ids: Iterable[str]) -> dict[str, UploadIntent]:
+        keys = unique(event_ids)
+        if not keys:
+            return {}
+        with self._conn("inflight") as conn:
+            rows = conn.execute(
+                "SELECT f.event_id, i.intent_id, i.owner, i.endpoint, i.records, i.started_at,"
+                " i.resolved, i.uploading_id FROM inflight_events f"
+                " JOIN upload_intents i ON i.intent_id = f.intent_id"
+                " WHERE f.event_id = ANY(%s::text[])",
+                (keys,),
+            ).fetchall()
+        return {
+            row[0]: UploadIntent(row[1], row[2], row[3], row[4], utc(row[5]), bool(row[6]), row[7])
+            for row in rows
+        }
+
+    def known_uploads(self, since: datetime) -> set[str]:
+        with self._conn("known_uploads") as conn:
+            rows = conn.execute(
+                "SELECT uploading_id FROM upload_intents"
+                " WHERE started_at >= %s AND uploading_id IS NOT NULL",
+                (utc(since),),
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def apply(self, changes: Changes) -> None:
         if not changes:
             return
@@ -409,6 +471,10 @@ def _configure(conn: Conn) -> None:
 def _apply(conn: Conn, changes: Changes) -> None:
     if changes.ledger:
         ledger = settle_ledger(changes.ledger)
+        conn.execute(
+            "DELETE FROM inflight_events WHERE event_id = ANY(%s::text[])",
+            ([e.event_id for e in ledger],),
+        )
         conn.execute(
             "INSERT INTO ledger (event_id, topic, outcome, detail, upload_id, recorded_at)"
             " SELECT e, t, o, d, u, COALESCE(r, now())"

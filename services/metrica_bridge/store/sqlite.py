@@ -27,6 +27,7 @@ from metrica_bridge.store.base import (
     OrderState,
     ParkedEvent,
     StoreError,
+    UploadIntent,
 )
 from metrica_bridge.store.codec import (
     chunks,
@@ -221,6 +222,12 @@ class SqliteStore:
     def purge_ledger(self, older_than: datetime) -> int:
         with self._write("purge_ledger") as conn:
             cur = conn.execute("DELETE FROM ledger WHERE recorded_at < ?", (to_us(older_than),))
+            conn.execute(
+                "DELETE FROM inflight_events WHERE intent_id IN (SELECT intent_id FROM"
+                " upload_intents WHERE started_at < ?)",
+                (to_us(older_than),),
+            )
+            conn.execute("DELETE FROM upload_intents WHERE started_at < ?", (to_us(older_than),))
             return cur.rowcount
 
     # identities
@@ -446,6 +453,60 @@ class SqliteStore:
 
     # the unit of work
 
+    # upload intents
+
+    def begin_upload(self, intent: UploadIntent, event_ids: Sequence[str]) -> None:
+        with self._write("begin_upload") as conn:
+            conn.execute(
+                "INSERT INTO upload_intents (intent_id, owner, endpoint, records, started_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    intent.intent_id,
+                    intent.owner,
+                    intent.endpoint,
+                    intent.records,
+                    to_us(intent.started_at),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO inflight_events (event_id, intent_id) VALUES (?, ?)"
+                " ON CONFLICT (event_id) DO UPDATE SET intent_id = excluded.intent_id",
+                [(event_id, intent.intent_id) for event_id in unique(event_ids)],
+            )
+
+    def finish_upload(self, intent_id: str, uploading_id: str | None) -> None:
+        with self._write("finish_upload") as conn:
+            conn.execute(
+                "UPDATE upload_intents SET resolved = 1, uploading_id = ? WHERE intent_id = ?",
+                (uploading_id, intent_id),
+            )
+
+    def inflight(self, event_ids: Iterable[str]) -> dict[str, UploadIntent]:
+        keys = unique(event_ids)
+        if not keys:
+            return {}
+        sql = (
+            "SELECT f.event_id, i.intent_id, i.owner, i.endpoint, i.records, i.started_at,"
+            " i.resolved, i.uploading_id FROM inflight_events f"
+            " JOIN upload_intents i ON i.intent_id = f.intent_id WHERE f.event_id IN ({marks})"
+        )
+        with self._read("inflight") as conn:
+            return {
+                row[0]: UploadIntent(
+                    row[1], row[2], row[3], row[4], from_us(row[5]), bool(row[6]), row[7]
+                )
+                for row in self._select_in(conn, sql, keys)
+            }
+
+    def known_uploads(self, since: datetime) -> set[str]:
+        with self._read("known_uploads") as conn:
+            rows = conn.execute(
+                "SELECT uploading_id FROM upload_intents"
+                " WHERE started_at >= ? AND uploading_id IS NOT NULL",
+                (to_us(since),),
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def apply(self, changes: Changes) -> None:
         if not changes:
             return
@@ -458,6 +519,10 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
     now = to_us(now_utc())
     steps: list[Callable[[sqlite3.Connection], object]] = []
     if changes.ledger:
+        done = [(e.event_id,) for e in changes.ledger]
+        steps.append(
+            lambda c: c.executemany("DELETE FROM inflight_events WHERE event_id = ?", done)
+        )
         rows = [
             (
                 e.event_id,

@@ -1,0 +1,50 @@
+"""Upload intents: recorded before a request, resolved after it, forgotten with the outcome."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from metrica_bridge.store import Changes, Store
+from metrica_bridge.store.base import UploadIntent
+from tests.store.builders import entry
+
+
+def _intent(intent_id: str, started: datetime, records: int = 2) -> UploadIntent:
+    return UploadIntent(intent_id, "owner-a", "orders", records, started)
+
+
+def test_intent_round_trip_and_resolution(store: Store) -> None:
+    started = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+    store.begin_upload(_intent("i1", started), ["e1", "e2"])
+    found = store.inflight(["e1", "e2", "e3"])
+    assert set(found) == {"e1", "e2"}
+    assert found["e1"] == _intent("i1", started)
+    store.finish_upload("i1", "u-77")
+    assert store.inflight(["e1"])["e1"].uploading_id == "u-77"
+    assert store.inflight(["e1"])["e1"].resolved
+    assert store.known_uploads(started - timedelta(seconds=1)) == {"u-77"}
+    assert store.known_uploads(started + timedelta(seconds=1)) == set()
+
+
+def test_a_later_intent_replaces_the_earlier_one_for_an_event(store: Store) -> None:
+    now = datetime.now(UTC)
+    store.begin_upload(_intent("i1", now), ["e1"])
+    store.finish_upload("i1", None)  # known not applied (failed), sent again later
+    store.begin_upload(_intent("i2", now + timedelta(seconds=1), records=1), ["e1"])
+    assert store.inflight(["e1"])["e1"].intent_id == "i2"
+    assert not store.inflight(["e1"])["e1"].resolved
+
+
+def test_recording_an_outcome_forgets_the_intent(store: Store) -> None:
+    now = datetime.now(UTC)
+    store.begin_upload(_intent("i1", now), ["e1", "e2"])
+    store.apply(Changes(ledger=[entry("e1", "delivered", upload_id="u-1")]))
+    assert set(store.inflight(["e1", "e2"])) == {"e2"}
+
+
+def test_purge_drops_old_intents(store: Store) -> None:
+    old = datetime.now(UTC) - timedelta(days=40)
+    store.begin_upload(_intent("old", old), ["e-old"])
+    store.begin_upload(_intent("new", datetime.now(UTC)), ["e-new"])
+    store.purge_ledger(datetime.now(UTC) - timedelta(days=30))
+    assert set(store.inflight(["e-old", "e-new"])) == {"e-new"}
