@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -44,7 +44,7 @@ def _redact_processor(
     return event_dict
 
 
-def configure(level: str = "INFO", fmt: str = "json", file: IO[str] | None = None) -> None:
+def configure(level: str = "INFO", fmt: str = "json", file: TextIO | None = None) -> None:
     """``file``: where lines go (default stderr; the demo sends them to a file)."""
     renderer: Any = (
         structlog.processors.JSONRenderer()

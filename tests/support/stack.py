@@ -55,7 +55,7 @@ def service_env(
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "BATCH_LINGER_MS": "200",
-        "METRICA_REQUESTS_PER_SECOND": "50",
+        "METRICA_REQUESTS_PER_SECOND": "20",
         "RETRY_BUDGET_S": "20",
         "SHUTDOWN_TIMEOUT_S": "15",
     }

@@ -15,8 +15,9 @@ import signal
 import sys
 import time
 from collections import Counter, deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import IO, Annotated
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.console import Console
@@ -75,7 +76,7 @@ class Demo:
         self.force = asyncio.Event()
         self.produced = Produced(options.events)
         self._signals = 0
-        self._log_file: IO[str] | None = None
+        self._log_file: TextIO | None = None
         self._service: Service | None = None
         self._service_stop = asyncio.Event()
         self._service_task: asyncio.Task[None] | None = None
@@ -198,10 +199,15 @@ class Demo:
                 elif not done:
                     settled_since = None
                 if live is not None:
-                    live.update(
-                        live_view(history, self.title, elapsed, done=done, stopping=False),
-                        refresh=True,
+                    view = live_view(
+                        history,
+                        self.title,
+                        elapsed,
+                        done=done,
+                        stopping=False,
+                        width=self.console.width,
                     )
+                    live.update(view, refresh=True)
                 elif snapshot.at - last_plain >= o.plain_interval_s or done:
                     last_plain = snapshot.at
                     print(plain_line(history, elapsed), flush=True)
@@ -211,7 +217,10 @@ class Demo:
                     await asyncio.wait_for(self.stop.wait(), timeout=1 / o.refresh_per_second)
             if live is not None and history:
                 elapsed = time.monotonic() - self._started_at
-                live.update(live_view(history, self.title, elapsed, done=done, stopping=True))
+                view = live_view(
+                    history, self.title, elapsed, done=done, stopping=True, width=self.console.width
+                )
+                live.update(view)
         return code
 
     def _failure(self) -> str | None:
@@ -254,7 +263,7 @@ class Demo:
         self._service_stop.set()
         if self._service_task is not None:
             forced = asyncio.create_task(self.force.wait())
-            timeout = self.stack.tuning.shutdown_timeout_s + 5
+            timeout = self.stack.tuning.shutdown_timeout_s + 3
             await asyncio.wait(
                 {self._service_task, forced}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -263,14 +272,16 @@ class Demo:
                 self._service_task.cancel()
                 await asyncio.wait({self._service_task}, timeout=5)
                 self.console.print("[yellow]the service did not drain in time; stopped it[/yellow]")
-            elif not self._service_task.cancelled() and self._service_task.exception():
-                pass  # already reported by the monitor
         await asyncio.to_thread(self.stack.close)
-        if self._log_file is not None:
-            logs.configure(self.options.log_level, "json")  # off the file before closing it
-            self._log_file.close()
         if self._service_task is not None:
             self.console.print(f"stopped in {time.monotonic() - began:.1f} s")
+
+    def close_logs(self) -> None:
+        """After the event loop is gone: tasks the service abandoned may log until then."""
+        if self._log_file is not None:
+            logs.configure(self.options.log_level, "json")
+            self._log_file.close()
+            self._log_file = None
 
 
 async def _push_status_map(settings: Settings) -> SyncReport:
@@ -340,6 +351,33 @@ def demo(
         log_level=log_level,
     )
     console = Console(highlight=False)
-    code = asyncio.run(Demo(options, console).run())
+    runner = Demo(options, console)
+    try:
+        code = _run_to_end(runner.run())
+    finally:
+        runner.close_logs()
     sys.stdout.flush()
     raise typer.Exit(code)
+
+
+def _run_to_end(main: Coroutine[Any, Any, int], leftover_wait_s: float = 3.0) -> int:
+    """``asyncio.run`` without its unbounded wait for leftover tasks.
+
+    When the service's drain times out it abandons event tasks, and some of those can wait
+    forever once the store is closed; ``asyncio.run`` would then hang after "stopped". Here
+    leftovers get a bounded grace period and are then dropped with the loop.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        code = loop.run_until_complete(main)
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=leftover_wait_s))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        return code
+    finally:
+        # Tasks still pending here are abandoned on purpose: don't report them at exit.
+        loop.set_exception_handler(lambda _loop, _context: None)
+        loop.close()

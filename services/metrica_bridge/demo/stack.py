@@ -7,9 +7,11 @@ exit unless asked to keep it; nothing is written inside the repository.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import secrets
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +50,7 @@ class Tuning:
     batch_linger_ms: int = 500
     park_max_wait_s: float = 120.0
     worker_concurrency: int = 1_000
-    shutdown_timeout_s: float = 5.0
+    shutdown_timeout_s: float = 3.0
     commit_interval_ms: int = 500
     requests_per_second: float = 20.0
 
@@ -98,11 +100,13 @@ class EmbeddedStack:
         if self.store == "sqlite":
             self.store_url = f"sqlite:///{self.workdir / 'metrica-bridge.db'}"
             return
-        import pgserver  # a dev dependency: only --store postgres needs it
-
-        # As root, pgserver runs postgres as its own user, which must reach the data directory.
-        self.workdir.chmod(0o755)
-        self._postgres = pgserver.get_server(self.workdir / "pgdata", cleanup_mode="delete")
+        # A dev dependency, imported only for --store postgres (and untyped).
+        with warnings.catch_warnings():  # platformdirs' XDG_RUNTIME_DIR notice on servers
+            warnings.simplefilter("ignore")
+            pgserver: Any = importlib.import_module("pgserver")
+            # As root, pgserver runs postgres as its own user, which must reach the data dir.
+            self.workdir.chmod(0o755)
+            self._postgres = pgserver.get_server(self.workdir / "pgdata", cleanup_mode="delete")
         self._started.append("postgres")
         self.store_url = str(self._postgres.get_uri())
 

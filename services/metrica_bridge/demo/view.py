@@ -22,6 +22,7 @@ FATE_LABELS = {  # the simulator's fates other than "ok", in display order
 }
 LABEL_WIDTH = 18
 VALUE_WIDTH = 14
+WIDE = 116  # columns needed for the three sections side by side
 
 
 def _n(value: float) -> str:
@@ -66,7 +67,13 @@ def _section(title: str) -> Table:
 
 
 def live_view(
-    history: Sequence[Snapshot], title: str, elapsed_s: float, *, done: bool, stopping: bool
+    history: Sequence[Snapshot],
+    title: str,
+    elapsed_s: float,
+    *,
+    done: bool,
+    stopping: bool,
+    width: int = 200,
 ) -> RenderableType:
     s = history[-1]
     produced = _section("CRM simulator → Kafka")
@@ -94,7 +101,7 @@ def live_view(
             ("skipped", _n(s.outcome(Outcome.SKIPPED))),
             ("parked (waiting)", f"{_n(s.parked_now)}  released {_n(s.released)}"),
             ("dead-lettered", _n(_dlq_total(s))),
-            *((f"  {cls}", _n(s.dlq.get(cls, 0))) for cls in _dlq_classes(s)),
+            *((f"  {cls}", _n(s.dlq[cls])) for cls in _dlq_classes(s) if s.dlq.get(cls)),
         ],
     )
     metrica = _section("Metrica (sandbox)")
@@ -109,10 +116,16 @@ def live_view(
             ("daily quota left", "-" if s.quota_remaining is None else _n(s.quota_remaining)),
         ],
     )
+    sections = (produced, consumers, metrica)
     grid = Table.grid(padding=(0, 4))
-    for _ in range(3):
-        grid.add_column(vertical="top")
-    grid.add_row(produced, consumers, metrica)
+    if width >= WIDE:
+        for _ in sections:
+            grid.add_column(vertical="top")
+        grid.add_row(*sections)
+    else:  # a narrow terminal: one section under the other
+        grid.add_column()
+        for section in sections:
+            grid.add_row(section)
     header = Text.assemble((title, "bold"), f"  ·  {elapsed_s:,.0f} s  ·  ")
     header.append_text(_status(s, done, stopping))
     bars = Table.grid(padding=(0, 1))

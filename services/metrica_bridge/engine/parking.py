@@ -64,17 +64,21 @@ class ParkSweeper:
         if not taken:
             return 0
         identities = await asyncio.to_thread(store.identities, {p.client_uniq_id for p in taken})
+        released = expired = 0
         for parked in taken:
             identity = identities.get(parked.client_uniq_id)
             source = _source(parked)
             if identity is not None and identity.has_identifier():
                 outcome = self._pipeline.parse(source)
                 if isinstance(outcome, Parsed):
-                    released = Parsed(outcome.source, outcome.event, time.monotonic(), True)
-                    self._runners[parked.topic].submit_released(released)
+                    again = Parsed(outcome.source, outcome.event, time.monotonic(), released=True)
+                    self._runners[parked.topic].submit_released(again)
                     EVENTS_RELEASED.labels(topic=parked.topic).inc()
+                    released += 1
                     continue
+            expired += 1
             asyncio.create_task(self._unattributable(parked, source))  # noqa: RUF006
+        log.info("park sweep", released=released, unattributable=expired)
         return len(taken)
 
     async def _unattributable(self, parked: ParkedEvent, source: SourceRecord) -> None:

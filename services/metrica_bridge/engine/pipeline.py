@@ -211,6 +211,12 @@ class Pipeline:
     # -- leads -------------------------------------------------------------------------------
     async def _lead(self, parsed: Parsed, lead: LeadCreated, deadline: float) -> None:
         identity = await self._merge(enrich.identity_update(lead))
+        if lead.deal_id is not None and not identity.has_identifier():
+            # Orders go to Metrica only for clients it can bind: the lead waits like any
+            # other order event of a client without an identifier.
+            if not parsed.released:
+                await self._park(parsed, lead.client.uniq_id, lead.deal_id, None)
+            return
         changes = Changes()
         ack = await self._ensure_contact(identity, deadline, changes)
         if lead.deal_id is None:
@@ -255,7 +261,8 @@ class Pipeline:
             if parsed.released:
                 # Consent was withdrawn since the sweep: it stays parked (lease expires).
                 return
-            await self._park(parsed, event)
+            version = event.version if isinstance(event, DealStatusChanged) else None
+            await self._park(parsed, event.client_uniq_id, event.deal_id, version)
             return
         changes = Changes()
         ack = await self._ensure_contact(identity, deadline, changes)
@@ -325,8 +332,8 @@ class Pipeline:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def _park(self, parsed: Parsed, event: DealStatusChanged | PaymentReceived) -> None:
-        source = parsed.source
+    async def _park(self, parsed: Parsed, client: str, deal_id: str, version: int | None) -> None:
+        source, event = parsed.source, parsed.event
         parked = ParkedEvent(
             event_id=event.event_id,
             topic=source.topic,
@@ -335,10 +342,10 @@ class Pipeline:
             key=source.key,
             value=source.value or b"",
             headers=source.headers,
-            client_uniq_id=event.client_uniq_id,
-            deal_id=event.deal_id,
+            client_uniq_id=client,
+            deal_id=deal_id,
             occurred_at=event.occurred_at,
-            version=event.version if isinstance(event, DealStatusChanged) else None,
+            version=version,
             parked_at=datetime.now(UTC),
             timestamp_ms=source.timestamp_ms,
         )

@@ -5,6 +5,12 @@ should be on its way (consumed-at + linger). A lead's order record, submitted on
 contact was acknowledged, is already due and leaves with the next flush instead of waiting a
 second linger. The daily-budget governor may stretch linger when requests run short.
 
+A due batch leaves at once only while no upload of its endpoint is in flight; otherwise it keeps
+filling until that upload returns (Nagle's rule). Under a backlog every record is overdue, and
+without this rule each would leave alone; with it, uploads grow to whatever accumulated during
+the previous round trip, up to ``max_records``. A full batch leaves while fewer than
+``max_in_flight`` uploads of its endpoint are out.
+
 One id appears at most once per upload (Metrica applies same-id rows in random order): a contact
 submitted again while its previous version waits is replaced by the newer one (identities only
 grow, so the newer record is a superset); an order id already waiting goes to the next upload.
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Callable, Coroutine
@@ -59,6 +66,7 @@ class Batcher:
         max_bytes: int,
         linger_s: float,
         linger_factor: Callable[[], float] = lambda: 1.0,
+        max_in_flight: int = 2,
     ) -> None:
         self._send = send
         self._max_records = max_records
@@ -70,6 +78,8 @@ class Batcher:
         self._overflow: dict[Endpoint, list[Pending]] = {e: [] for e in Endpoint}
         self._wake: dict[Endpoint, asyncio.Event] = {e: asyncio.Event() for e in Endpoint}
         self._sending: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[Endpoint, int] = dict.fromkeys(Endpoint, 0)
+        self._max_in_flight = max_in_flight
         self._flush_now = False
         self._tasks = [asyncio.create_task(self._run(e), name=f"batcher:{e}") for e in Endpoint]
 
@@ -129,14 +139,18 @@ class Batcher:
                 await wake.wait()
                 continue
             full = len(batch) >= self._max_records or self._bytes[endpoint] >= self._max_bytes
-            due = min(p.deadline for p in batch.values())
-            delay = due - time.monotonic()
-            if not full and not self._flush_now and delay > 0:
-                wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=delay)
+            in_flight = self._in_flight[endpoint]
+            if full and in_flight < self._max_in_flight:
+                self._cut(endpoint)
                 continue
-            self._cut(endpoint)
+            delay = min(p.deadline for p in batch.values()) - time.monotonic()
+            if (delay <= 0 or self._flush_now) and in_flight == 0:
+                self._cut(endpoint)
+                continue
+            wake.clear()  # woken by a new record or a finished upload
+            timeout = delay if delay > 0 and in_flight == 0 else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=timeout)
 
     def _cut(self, endpoint: Endpoint) -> None:
         batch = self._open[endpoint]
@@ -154,9 +168,15 @@ class Batcher:
         overflow, self._overflow[endpoint] = self._overflow[endpoint], []
         for pending in overflow:
             self._add(endpoint, pending)
+        self._in_flight[endpoint] += 1
         task = asyncio.create_task(self._send(endpoint, records), name=f"send:{endpoint}")
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(functools.partial(self._sent, endpoint))
+
+    def _sent(self, endpoint: Endpoint, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._in_flight[endpoint] -= 1
+        self._wake[endpoint].set()
 
     async def close(self) -> None:
         for task in self._tasks:

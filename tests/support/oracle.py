@@ -1,0 +1,111 @@
+"""What Metrica must hold after a simulated stream, derived from the simulator's own facts.
+
+Only rules that hold however the three topics interleave are derived here:
+* an order's final status is the mapped status of its newest (occurred_at, version) event among
+  status changes and payments (the newest is never stale); a deal with a lead only stays ``new``;
+* an order's history is a subsequence of its events sorted by (occurred_at, version), so it
+  never goes backwards, and has no more entries than the deal has distinct events;
+* a deal is in Metrica when its client ever gets an identifier (a ClientID, or a phone/email
+  with consent); otherwise all its events, its lead included, end in the DLQ as unattributable.
+  A client whose leads disagree on consent is ``uncertain``: the latest lead *processed* decides,
+  and the three topics interleave freely, so either fate is right for its deals.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from metrica_bridge import normalize
+from metrica_bridge.simulate import Fate, SimulatedMessage
+
+PAID = "won"
+INITIAL = "new"
+
+
+@dataclass
+class Deal:
+    events: list[tuple[tuple[int, int], str, str]] = field(
+        default_factory=list
+    )  # key, kind, status
+    event_ids: set[str] = field(default_factory=set)
+    client: str = ""
+
+    def ordered(self) -> list[str]:
+        return [status for _, _, status in sorted(self.events)]
+
+    def final(self) -> str:
+        updates = [(key, status) for key, kind, status in self.events if kind != "LeadCreated"]
+        return max(updates)[1] if updates else INITIAL
+
+
+@dataclass
+class Expectation:
+    deals: dict[str, Deal]
+    identified: set[str]  # clients with an identifier
+    uncertain: set[str]  # clients whose leads disagree on consent
+    poison: dict[str, dict[str, int]]  # topic -> error class -> count
+    event_ids: set[str]  # distinct non-poison event ids
+
+    def certain(self) -> set[str]:
+        return {d for d, deal in self.deals.items() if deal.client not in self.uncertain}
+
+    def in_metrica(self) -> set[str]:
+        return {d for d in self.certain() if self.deals[d].client in self.identified}
+
+    def unattributable(self) -> set[str]:
+        return self.certain() - self.in_metrica()
+
+
+def _identified(facts: dict[str, Any]) -> bool:
+    cid = facts.get("metrica_client_id")
+    if cid and normalize.client_id(str(cid)):
+        return True
+    if not facts.get("consent", True):
+        return False
+    return any(normalize.phone(p) for p in facts.get("phones") or []) or any(
+        normalize.email(e) for e in facts.get("emails") or []
+    )
+
+
+def expect(messages: list[SimulatedMessage]) -> Expectation:
+    deals: dict[str, Deal] = defaultdict(Deal)
+    identified: set[str] = set()
+    poison: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    event_ids: set[str] = set()
+    consents: dict[str, set[bool]] = defaultdict(set)
+    for m in messages:
+        if m.fate in (Fate.DECODE_ERROR, Fate.INVALID_EVENT):
+            poison[m.topic][m.fate.value] += 1
+            continue
+        if m.fate is Fate.DUPLICATE or m.facts is None or m.event_id is None:
+            continue
+        event_ids.add(m.event_id)
+        f = m.facts
+        if m.kind == "LeadCreated":
+            consents[f["client"]].add(bool(f.get("consent", True)))
+            if _identified(dict(f)):
+                identified.add(f["client"])
+            if not f.get("deal_id"):
+                continue
+            deal = deals[f["deal_id"]]
+            deal.events.append(((f["occurred_at_ms"], -1), m.kind, INITIAL))
+        elif m.kind == "DealStatusChanged":
+            deal = deals[f["deal_id"]]
+            version = f.get("version")
+            deal.events.append(
+                ((f["occurred_at_ms"], -1 if version is None else version), m.kind, f["status"])
+            )
+        else:
+            deal = deals[f["deal_id"]]
+            deal.events.append(((f["occurred_at_ms"], -1), m.kind, PAID))
+        deal.client = f["client"]
+        deal.event_ids.add(m.event_id)
+    uncertain = {client for client, values in consents.items() if len(values) > 1}
+    return Expectation(dict(deals), identified, uncertain, poison, event_ids)
+
+
+def is_subsequence(history: list[str], ordered: list[str]) -> bool:
+    it = iter(ordered)
+    return all(any(status == candidate for candidate in it) for status in history)
