@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -47,11 +47,12 @@ class BatchLoader(Generic[K, V]):
                 waiters = {key: self._waiting.pop(key) for key in keys}
                 try:
                     found = await asyncio.to_thread(self._fetch, keys)
-                except Exception as exc:  # every waiter learns about the failure
-                    for futures in waiters.values():
-                        for f in futures:
-                            if not f.done():
-                                f.set_exception(exc)
+                except BaseException as exc:  # every waiter learns about the failure
+                    for futures in [*waiters.values(), *self._waiting.values()]:
+                        _fail(futures, exc)
+                    if not isinstance(exc, Exception):
+                        self._waiting.clear()
+                        raise
                     continue
                 for key, futures in waiters.items():
                     value = found.get(key, self._default)
@@ -91,13 +92,26 @@ class BatchCall(Generic[A, R]):
                 del self._pending[: self._max_batch]
                 try:
                     results = await asyncio.to_thread(self._fn, [item for item, _ in batch])
-                except Exception as exc:
-                    for _, f in batch:
-                        if not f.done():
-                            f.set_exception(exc)
+                except BaseException as exc:
+                    # Cancelled (shutdown) or failed: nobody may wait for ever on a lost batch.
+                    _fail([f for _, f in batch], exc)
+                    if not isinstance(exc, Exception):
+                        _fail([f for _, f in self._pending], exc)
+                        self._pending.clear()
+                        raise
                     continue
                 for (_, f), result in zip(batch, results, strict=True):
                     if not f.done():
                         f.set_result(result)
         finally:
             self._running = False
+
+
+def _fail(futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+    error = exc if isinstance(exc, Exception) else asyncio.CancelledError()
+    for future in futures:
+        if not future.done():
+            if isinstance(error, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(error)
