@@ -53,6 +53,7 @@ class Settings(BaseModel):
     store_url: str = "sqlite:///metrica-bridge.db"
     status_map_file: Path | None = None
     metrics_port: int = 9108
+    metrics_host: str = "0.0.0.0"  # interface /metrics, /healthz, /readyz listen on
 
     topic_lead_created: str = EventKind.LEAD_CREATED.value
     topic_deal_status_changed: str = EventKind.DEAL_STATUS_CHANGED.value

@@ -71,7 +71,10 @@ class Service:
         s = self.settings
         topics = [s.topics()[kind] for kind in self.kinds]
         health = HealthServer(
-            s.metrics_port if health_port is None else health_port, self.alive, self.ready
+            s.metrics_port if health_port is None else health_port,
+            self.alive,
+            self.ready,
+            host=s.metrics_host,
         )
         health.start()
         try:

@@ -38,15 +38,21 @@ async def test_flushes_on_count_and_on_linger() -> None:
     await batcher.close()
 
 
-async def test_flushes_on_bytes() -> None:
+async def test_flushes_on_bytes_and_never_exceeds_them() -> None:
     sent = Recorder()
-    batcher = Batcher(sent, max_records=100, max_bytes=800, linger_s=10)
-    big = {"pad": "x" * 400}
+    batcher = Batcher(sent, max_records=100, max_bytes=1_000, linger_s=30)
+    big = {"pad": "x" * 400}  # ~411 bytes each
     deadline = batcher.deadline()
-    await asyncio.gather(
-        *(batcher.submit(Endpoint.ORDERS, f"o{i}", big, deadline) for i in range(2))
-    )
-    assert sent.batches[0][1] == ["o0", "o1"]
+    tasks = [
+        asyncio.ensure_future(batcher.submit(Endpoint.ORDERS, f"o{i}", big, deadline))
+        for i in range(3)
+    ]
+    # Long before the linger: the third record made the batch too big to wait.
+    await asyncio.wait_for(asyncio.gather(*tasks[:2]), timeout=5)
+    assert sent.batches == [(Endpoint.ORDERS, ["o0", "o1"])]
+    assert not tasks[2].done()
+    batcher.flush_soon()
+    await asyncio.wait_for(tasks[2], timeout=5)
     await batcher.close()
 
 
@@ -73,13 +79,12 @@ async def test_overdue_records_wait_for_the_upload_in_flight() -> None:
     batcher = Batcher(sent, max_records=1_000, max_bytes=10**7, linger_s=0.0)
     overdue = time.monotonic() - 1
 
-    async def trickle() -> None:
-        for i in range(200):
+    tasks = []
+    for i in range(200):
+        tasks.append(
             asyncio.ensure_future(batcher.submit(Endpoint.ORDERS, f"o{i}", {"i": i}, overdue))
-            await asyncio.sleep(0.001)
-
-    await trickle()
-    while sum(len(ids) for _, ids in sent.batches) < 200:
-        await asyncio.sleep(0.01)
+        )
+        await asyncio.sleep(0.001)
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
     assert len(sent.batches) < 20, [len(ids) for _, ids in sent.batches]
     await batcher.close()

@@ -52,6 +52,7 @@ def service_env(
         "TOPIC_DEAL_STATUS_CHANGED": topics["deal-status-changed"],
         "TOPIC_PAYMENT_RECEIVED": topics["payment-received"],
         "CONSUMER_GROUP_PREFIX": f"mb-test-{uuid.uuid4().hex[:8]}",
+        "METRICS_HOST": "127.0.0.1",
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "BATCH_LINGER_MS": "200",

@@ -130,6 +130,7 @@ class EmbeddedStack:
             store_url=self.store_url,
             status_map_file=STATUS_MAP_FILE,
             metrics_port=self.metrics_port,
+            metrics_host="127.0.0.1",
             topic_lead_created=EventKind.LEAD_CREATED.value,
             topic_deal_status_changed=EventKind.DEAL_STATUS_CHANGED.value,
             topic_payment_received=EventKind.PAYMENT_RECEIVED.value,
