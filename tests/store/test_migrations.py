@@ -78,6 +78,7 @@ def test_redact_url() -> None:
     )
     assert redact_url("postgres://u@h/db?password=pw&x=1") == "postgres://u@h/db?password=***&x=1"
     assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert redact_url("sqlite:////var/lib/bridge.db") == "sqlite:////var/lib/bridge.db"
 
 
 def test_unreachable_postgres_is_a_store_error_without_the_password() -> None:

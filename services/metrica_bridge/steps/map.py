@@ -103,6 +103,28 @@ def _decide(
     return Send(replace(new, sent=True), record, windows)
 
 
+def _restate(old: OrderState, new: OrderState, now: datetime) -> Send | Skip:
+    """A stale event that changes the revenue: resend the order with the status Metrica already
+    holds (never the event's older one) and the new revenue; the applied (occurred_at, version)
+    stays that of the newer update. Unchanged revenue, or an order not in Metrica yet: stale."""
+    revenue = _revenue(new)
+    if not old.sent or old.status is None or revenue == old.revenue:
+        return Skip("stale", "older than the update already applied", new)
+    new = replace(new, revenue=revenue)
+    assert new.created_at is not None
+    record = OrderRecord(
+        id=new.deal_id,
+        client_uniq_id=new.client_uniq_id,
+        create_date_time=new.created_at,
+        order_status=old.status,
+        update_date_time=max(old.applied_at or new.created_at, new.created_at),
+        revenue=new.revenue,
+        cost=new.cost,
+        currency=new.currency,
+    )
+    return Send(new, record, _windows(new, now, new=False))
+
+
 def _base(order: OrderState | None, deal_id: str, client: str, created: datetime) -> OrderState:
     if order is not None:
         # create_date_time is immutable in Metrica: once sent, the first value stays.
@@ -130,6 +152,11 @@ def on_status(
     if status is None:
         return Skip("skipped", "unmapped status")
     if is_stale(order, event.occurred_at, event.version):
+        assert order is not None
+        if event.revenue is not None and order.deal_amount is None:
+            # The deal's amount is news even from an old event: revenue is the deal amount
+            # whenever a status change carried it.
+            return _restate(order, replace(order, deal_amount=event.revenue), now)
         return Skip("stale", "older than the update already applied")
     base = _base(order, event.deal_id, event.client_uniq_id, event.deal_created_at)
     state = replace(
@@ -157,7 +184,9 @@ def on_payment(
         currency=base.currency or event.currency,
     )
     if is_stale(order, event.occurred_at, None):
-        # Never regress the status, but the money was received: later updates carry it.
-        return Skip("stale", "older than the update already applied", counted)
+        # Never regress the status, but the money was received: Metrica's revenue must add it
+        # even when no later update of the deal ever comes.
+        assert order is not None
+        return _restate(order, counted, now)
     state = replace(counted, applied_at=event.occurred_at, applied_version=None)
     return _decide(order, state, statuses.paid, event.occurred_at, now)

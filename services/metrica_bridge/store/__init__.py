@@ -36,6 +36,8 @@ _PASSWORD_PARAM = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***`` (safe for logs and error messages)."""
+    if url.startswith("sqlite:"):
+        return url  # a file path has no password; urlunsplit would drop its slashes
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
