@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from metrica_bridge.check import check
 from metrica_bridge.commands import run
 from metrica_bridge.demo import demo
 from metrica_bridge.metrica.schema_sync import schema_sync
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold the token
 )
 app.command("run")(run)
+app.command("check")(check)
 app.command("sandbox")(sandbox_command)
 
 app.command("schema-sync")(schema_sync)

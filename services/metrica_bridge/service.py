@@ -23,6 +23,7 @@ from metrica_bridge.kafka.producer import Producer
 from metrica_bridge.kafka.settings import for_consumer
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.client import MetricaClient
+from metrica_bridge.metrica.quota import QuotaGovernor
 from metrica_bridge.metrica.status_map import load_status_map
 from metrica_bridge.metrics import QUOTA_REMAINING
 from metrica_bridge.steps.batch import Batcher
@@ -31,6 +32,7 @@ from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.steps.send import Sender
 from metrica_bridge.store import open_store
 from metrica_bridge.store.base import Store
+from metrica_bridge.store.budget import StoreBudget
 
 log = get_logger("metrica_bridge.service")
 
@@ -84,7 +86,13 @@ class Service:
             if s.create_topics:
                 wanted = {t: DEFAULT_PARTITIONS for t in topics} | {dlq_topic(t): 1 for t in topics}
                 await asyncio.to_thread(ensure_topics, s.kafka_common(), wanted)
-            client = MetricaClient.from_settings(s)
+            governor = QuotaGovernor(
+                max_parallel=s.metrica_max_parallel,
+                requests_per_second=s.metrica_requests_per_second,
+                daily_budget=s.metrica_daily_budget,
+                backend=StoreBudget(self.store),
+            )
+            client = MetricaClient.from_settings(s, governor=governor)
             timezone = await client.counter_timezone()
             producer = Producer.from_settings(s)
             owner = f"mb-{uuid.uuid4().hex[:12]}"
@@ -144,8 +152,8 @@ class Service:
         store, retention = self.store, timedelta(days=self.settings.ledger_retention_days)
         next_purge = 0.0
         while True:
-            QUOTA_REMAINING.set(client.governor.remaining())
             try:
+                QUOTA_REMAINING.set(await client.governor.refresh())
                 await asyncio.to_thread(store.renew_claims, pipeline.owner, CLAIM_LEASE_S)
                 if time.monotonic() >= next_purge:
                     purged = await asyncio.to_thread(
