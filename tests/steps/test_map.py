@@ -115,12 +115,40 @@ def test_a_stale_payment_still_counts_towards_revenue() -> None:
     later = applied(
         mapping.on_status(None, status(NOW + timedelta(hours=1), "lost", 3), STATUSES, NOW)
     )
+    # The status never goes back, but Metrica's revenue must include the money.
     stale = mapping.on_payment(later, payment(NOW, "P1", "10"), STATUSES, NOW)
-    assert isinstance(stale, mapping.Skip)
-    assert stale.outcome == "stale"
-    assert stale.state is not None
+    assert isinstance(stale, mapping.Send)
+    assert stale.record.order_status == "lost"
+    assert stale.record.revenue == Decimal(10)
     assert stale.state.status == "lost"
+    assert (stale.state.applied_at, stale.state.applied_version) == (later.applied_at, 3)
     assert stale.state.payments == {"P1": Decimal(10)}
+    # Revenue already the deal's amount: the stale payment changes nothing Metrica holds.
+    known = applied(
+        mapping.on_status(
+            None, status(NOW + timedelta(hours=1), "lost", 3, revenue=Decimal(5)), STATUSES, NOW
+        )
+    )
+    counted = mapping.on_payment(known, payment(NOW, "P1", "10"), STATUSES, NOW)
+    assert isinstance(counted, mapping.Skip)
+    assert counted.outcome == "stale"
+    assert counted.state is not None
+    assert counted.state.payments == {"P1": Decimal(10)}
+
+
+def test_a_stale_status_change_still_brings_the_deal_amount() -> None:
+    later = applied(
+        mapping.on_status(None, status(NOW + timedelta(hours=1), "lost", 3), STATUSES, NOW)
+    )
+    stale = mapping.on_status(later, status(NOW, "won", 1, revenue=Decimal("70.10")), STATUSES, NOW)
+    assert isinstance(stale, mapping.Send)
+    assert stale.record.order_status == "lost"
+    assert stale.record.revenue == Decimal("70.10")
+    assert stale.state.applied_version == 3
+    # Once the amount is known, an older one does not replace it.
+    again = mapping.on_status(stale.state, status(NOW, "won", 2, revenue=Decimal(1)), STATUSES, NOW)
+    assert isinstance(again, mapping.Skip)
+    assert again.outcome == "stale"
 
 
 def test_lead_creates_the_order_unless_it_exists() -> None:
