@@ -40,7 +40,7 @@ def parse_when(text: str, *, end_of_day: bool = False) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class ReplayOptions:
-    """One run of ``metrica-bridge replay``; see ``docs/replay-runbook.md``.
+    """One run of ``metrica-bridge replay``; see the README's "Replay runbook".
 
     ``since <= dlq.failed.at < until``. ``error_classes`` empty means every class.
     ``limit`` counts records replayed (None: no limit); ``rate`` is records per second
