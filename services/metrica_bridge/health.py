@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from metrica_bridge.logs import redact
 from metrica_bridge.metrics import REGISTRY
 
 Check = Callable[[], tuple[bool, str]]
@@ -18,6 +19,8 @@ Check = Callable[[], tuple[bool, str]]
 
 class HealthServer:
     def __init__(self, port: int, alive: Check, ready: Check, host: str = "0.0.0.0") -> None:
+        """``host``: ``METRICS_HOST``; 127.0.0.1 keeps the endpoints off the network (tests,
+        the demo), the default 0.0.0.0 lets Prometheus and the kubelet reach them."""
         checks = {"/healthz": alive, "/readyz": ready}
 
         class Handler(BaseHTTPRequestHandler):
@@ -30,7 +33,9 @@ class HealthServer:
                         ok, detail = checks[path]()
                     except Exception as exc:
                         ok, detail = False, f"check failed: {type(exc).__name__}"
-                    self._answer(200 if ok else 503, (detail + "\n").encode(), "text/plain")
+                    # Reasons quote errors (a setup error's text): same masking as the logs.
+                    body = (redact(detail) + "\n").encode()
+                    self._answer(200 if ok else 503, body, "text/plain; charset=utf-8")
                 else:
                     self._answer(404, b"not found\n", "text/plain")
 
@@ -49,6 +54,10 @@ class HealthServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
         )
+
+    @property
+    def host(self) -> str:
+        return str(self._server.server_address[0])
 
     @property
     def port(self) -> int:

@@ -108,7 +108,8 @@ END_TO_END_LATENCY = Histogram(
     PREFIX + "end_to_end_latency_seconds",
     "From the event's occurred_at to Metrica's acknowledgement.",
     ["topic"],
-    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+    # Fine steps around the default linger (2 s) so "p99 <= linger + 1 s" can be read off.
+    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 2.5, 3, 4, 5, 10, 30, 60, 300, 3600),
     registry=REGISTRY,
 )
 LAST_SUCCESSFUL_UPLOAD = Gauge(

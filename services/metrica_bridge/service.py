@@ -23,6 +23,7 @@ from metrica_bridge.kafka.producer import Producer
 from metrica_bridge.kafka.settings import for_consumer
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.client import MetricaClient
+from metrica_bridge.metrica.errors import SetupError
 from metrica_bridge.metrica.quota import QuotaGovernor
 from metrica_bridge.metrica.status_map import load_status_map
 from metrica_bridge.metrics import QUOTA_REMAINING
@@ -37,6 +38,7 @@ from metrica_bridge.store.budget import StoreBudget
 log = get_logger("metrica_bridge.service")
 
 DEFAULT_PARTITIONS = 6
+SETUP_RETRY_S = 30.0
 
 
 class Service:
@@ -54,10 +56,10 @@ class Service:
         return (not dead, f"consumer down: {dead}" if dead else "ok")
 
     def ready(self) -> tuple[bool, str]:
-        if not self.started.is_set():
-            return False, "starting"
         if self.setup_error:
             return False, f"setup error: {self.setup_error}"
+        if not self.started.is_set():
+            return False, "starting"
         if self.store is None or not self.store.ping():
             return False, "store unreachable"
         idle = [t for t, r in self.runners.items() if not r.assigned]
@@ -93,7 +95,10 @@ class Service:
                 backend=StoreBudget(self.store),
             )
             client = MetricaClient.from_settings(s, governor=governor)
-            timezone = await client.counter_timezone()
+            timezone = await self._counter_timezone(client, stop)
+            if timezone is None:
+                await client.aclose()
+                return
             producer = Producer.from_settings(s)
             owner = f"mb-{uuid.uuid4().hex[:12]}"
             sender = Sender(client, self.store, owner, on_setup_error=self._on_setup_error)
@@ -145,6 +150,27 @@ class Service:
             health.stop()
             if self.store is not None:
                 self.store.close()
+
+    async def _counter_timezone(self, client: MetricaClient, stop: asyncio.Event) -> str | None:
+        """The counter's time zone (None: stopped first). While Metrica refuses the token or
+        the counter, stay up, not ready, with ``setup_error`` at 1, so the alert fires and the
+        reason is on ``/readyz`` instead of a crash loop; ask again every ``SETUP_RETRY_S``."""
+        while True:
+            try:
+                timezone = await client.counter_timezone()
+            except SetupError as exc:
+                self._on_setup_error(str(exc))
+                log.error(
+                    "Metrica refuses the token or counter; consumers not started",
+                    error=str(exc),
+                    retry_in_s=SETUP_RETRY_S,
+                )
+            else:
+                self._on_setup_error(None)
+                return timezone
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SETUP_RETRY_S)
+                return None
 
     async def _housekeeping(self, client: MetricaClient, pipeline: Pipeline) -> None:
         """Lease heartbeat, quota gauge, ledger retention."""

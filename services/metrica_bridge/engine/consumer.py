@@ -6,6 +6,11 @@ asyncio engine talks to it through commands (commit, pause, resume); batches of 
 the other way with ``call_soon_threadsafe``, in order. On revocation the thread blocks in the
 callback until the engine has finished or abandoned the revoked partitions' work, then commits
 their offsets itself, before librdkafka hands them to another member.
+
+Backpressure is exact: the thread hands over one batch at a time and waits until the engine
+has taken it in; before each poll it asks ``admit()`` and pauses (or resumes) the assignment
+accordingly, so no more than one batch beyond the engine's limit is ever in memory. It keeps
+polling while paused: that serves rebalances and keeps the group membership alive.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class ConsumerThread:
         on_records: RecordsFn,
         on_assign: AssignFn,
         on_revoke: RevokeFn,
+        admit: Callable[[], bool] = lambda: True,
         batch_size: int = 1_000,
         poll_timeout_s: float = 0.1,
         revoke_timeout_s: float = 60.0,
@@ -77,6 +83,8 @@ class ConsumerThread:
         self._on_records = on_records
         self._on_assign = on_assign
         self._on_revoke = on_revoke
+        self._admit = admit
+        self._taken = threading.Event()
         self._batch_size = batch_size
         self._poll_timeout_s = poll_timeout_s
         self._revoke_timeout_s = revoke_timeout_s
@@ -97,9 +105,6 @@ class ConsumerThread:
 
     async def commit(self, offsets: Mapping[TP, int]) -> None:
         await self._call("commit", dict(offsets))
-
-    async def pause(self, paused: bool) -> None:
-        await self._call("pause", paused)
 
     async def stop(self) -> None:
         """Leave the group (revoking, so the engine drains and commits) and close."""
@@ -128,10 +133,17 @@ class ConsumerThread:
             )
             while not self._stop.is_set():
                 self._serve_commands()
+                paused = not self._admit()
+                if paused != self._paused:
+                    self._paused = paused
+                    self._apply_pause(list(self._assignment))
                 messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
                 records = [r for m in messages if (r := self._record(m)) is not None]
                 if records:
-                    self._loop.call_soon_threadsafe(self._on_records, records)
+                    self._taken.clear()
+                    self._loop.call_soon_threadsafe(self._hand_over, records)
+                    while not self._taken.wait(0.1) and not self._stop.is_set():
+                        pass
         except Exception as exc:  # surfaced to the engine through `fatal`
             self.fatal = f"{type(exc).__name__}: {exc}"
             log.error("consumer thread failed", error=self.fatal)
@@ -142,6 +154,12 @@ class ConsumerThread:
                 log.warning("consumer close failed", error=f"{type(exc).__name__}: {exc}")
             self._serve_commands(closing=True)
             self._closed.set_result(None)
+
+    def _hand_over(self, records: list[SourceRecord]) -> None:
+        try:
+            self._on_records(records)
+        finally:
+            self._taken.set()
 
     def _serve_commands(self, closing: bool = False) -> None:
         while True:
@@ -160,9 +178,6 @@ class ConsumerThread:
     def _execute(self, command: _Command) -> Any:
         if command.name == "commit":
             self._commit(command.arg)
-        elif command.name == "pause":
-            self._paused = bool(command.arg)
-            self._apply_pause(list(self._assignment))
         return None
 
     def _commit(self, offsets: Mapping[TP, int]) -> None:

@@ -9,7 +9,6 @@ per-key scheduler of their topic, behind live events of the same deal.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -43,11 +42,26 @@ class ParkSweeper:
 
     async def run(self) -> None:
         while True:
+            taken = 0
             try:
-                await self.sweep()
+                taken = await self.sweep()
             except Exception as exc:
                 log.warning("park sweep failed", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(self._interval_s)
+            if taken < self._batch:
+                await asyncio.sleep(self._interval_s)
+                continue
+            # A full batch: more are ready. Sweeping only every interval capped releases at
+            # batch/interval events/s, the bottleneck on a backlog (docs/benchmarks.md); go on
+            # once most of this batch is handled, so released events never pile up in memory
+            # (nor outlive their lease and get taken twice).
+            waited = 0.0
+            while waited < self._interval_s and self._released_in_progress() > self._batch // 2:
+                await asyncio.sleep(0.05)
+                waited += 0.05
+
+    def _released_in_progress(self) -> int:
+        """Released events queued or running: scheduler jobs beyond the live, tracked ones."""
+        return sum(max(0, len(r.scheduler) - r.tracker.in_flight()) for r in self._runners.values())
 
     async def sweep(self) -> int:
         store = self._pipeline.store
@@ -71,7 +85,10 @@ class ParkSweeper:
             if identity is not None and identity.has_identifier():
                 outcome = self._pipeline.parse(source)
                 if isinstance(outcome, Parsed):
-                    again = Parsed(outcome.source, outcome.event, time.monotonic(), released=True)
+                    # consumed_at 0: it has waited in the park already, so it is overdue and
+                    # leaves with the next upload instead of lingering again (which capped
+                    # releases at one batch per linger under a backlog).
+                    again = Parsed(outcome.source, outcome.event, 0.0, released=True)
                     self._runners[parked.topic].submit_released(again)
                     EVENTS_RELEASED.labels(topic=parked.topic).inc()
                     released += 1

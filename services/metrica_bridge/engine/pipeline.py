@@ -185,9 +185,18 @@ class Pipeline:
         # A DLQ replay is the one way back for a dead-lettered event; anything else seen before
         # (a redelivery, a CRM retry) is a duplicate.
         replay = previous == Outcome.DEAD_LETTERED and is_replay(source)
-        if previous is not None and not replay:
+        # A parked event leaving the park is that same event, not a duplicate of itself.
+        resumed = previous == Outcome.PARKED and parsed.released
+        if previous is not None and not (replay or resumed):
             EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.DUPLICATE).inc()
-            log.debug("duplicate", event_id=event.event_id, topic=source.topic, previous=previous)
+            log.debug(
+                "duplicate",
+                event_id=event.event_id,
+                topic=source.topic,
+                partition=source.partition,
+                offset=source.offset,
+                previous=previous,
+            )
             return
         deadline = self.batcher.deadline(parsed.consumed_at)
         try:
@@ -350,6 +359,9 @@ class Pipeline:
             timestamp_ms=source.timestamp_ms,
         )
         await self._record(Changes(park=[parked]))
+        # A copy of it arriving while it waits (a CRM retry) is a duplicate, not a second
+        # parked event that would never get an outcome of its own.
+        self.dedupe.remember([LedgerEntry(event.event_id, source.topic, Outcome.PARKED)])
         EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.PARKED).inc()
         log.info(
             "parked until the client's identity arrives",

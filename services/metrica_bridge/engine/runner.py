@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Mapping
 
 from metrica_bridge.codec import SchemaUnavailable
@@ -63,6 +64,9 @@ class TopicRunner:
             on_records=self._on_records,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
+            admit=lambda: not self._paused,
+            # One poll never takes more than the in-flight limit: memory stays within twice it.
+            batch_size=min(1_000, self.settings.max_in_flight_events),
             revoke_timeout_s=self.settings.shutdown_timeout_s + 5,
         )
         self._consumer.start()
@@ -165,8 +169,8 @@ class TopicRunner:
 
     # -- commits and backpressure --------------------------------------------------------------
     def _set_paused(self, paused: bool) -> None:
+        # Read by the consumer thread before its next poll (a plain attribute: atomic).
         self._paused = paused
-        asyncio.create_task(self.consumer.pause(paused))  # noqa: RUF006 - fire and forget
         log.info("backpressure", paused=paused, in_flight=self.tracker.in_flight())
 
     async def commit(self) -> None:
@@ -176,13 +180,18 @@ class TopicRunner:
             self.tracker.mark_committed(offsets)
 
     async def _commit_loop(self) -> None:
+        """Backpressure is checked every tick; offsets are committed every COMMIT_INTERVAL_MS."""
         interval = self.settings.commit_interval_ms / 1000
+        next_commit = time.monotonic() + interval
         while True:
-            await asyncio.sleep(min(interval, 0.2))
+            await asyncio.sleep(min(interval, 0.1))
             in_flight = self.tracker.in_flight()
             IN_FLIGHT.labels(topic=self.topic).set(in_flight)
             if self._paused and in_flight <= self.settings.max_in_flight_events // 2:
                 self._set_paused(False)
+            if time.monotonic() < next_commit:
+                continue
+            next_commit = time.monotonic() + interval
             try:
                 await self.commit()
             except Exception as exc:

@@ -179,8 +179,9 @@ class Batcher:
         self._wake[endpoint].set()
 
     async def close(self) -> None:
-        for task in self._tasks:
+        """Stop at once. Uploads still out (retrying through an outage) are abandoned: their
+        events were not marked handled, so they are consumed again after a restart, and an
+        upload that did reach Metrica is recognised then by its intent."""
+        for task in [*self._tasks, *self._sending]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._sending, return_exceptions=True)
