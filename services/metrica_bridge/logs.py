@@ -19,6 +19,10 @@ _EMAIL = re.compile(r"[^\s@\"']+@[^\s@\"']+\.[A-Za-z]{2,}")
 _PHONE = re.compile(r"(?<![\w.])\+?\d[\d\s()\-]{8,}\d(?![\w.])")
 _OAUTH = re.compile(r"(OAuth|Bearer)\s+\S+", re.IGNORECASE)
 _SECRETS: set[str] = set()
+# Values that say which record a line is about. A run of 10+ digits there is an id (a numeric
+# event id, a UUID's last group, a topic's suffix), not a phone, and masking it would hide the
+# event the line is about; secrets and emails are still masked in them.
+_IDENTIFYING = frozenset({"event_id", "topic", "partitions", "logger"})
 
 
 def register_secret(value: str) -> None:
@@ -27,20 +31,30 @@ def register_secret(value: str) -> None:
         _SECRETS.add(value)
 
 
-def redact(text: str) -> str:
+def redact(text: str, *, phones: bool = True) -> str:
     for secret in _SECRETS:
         text = text.replace(secret, "***")
     text = _OAUTH.sub(r"\1 ***", text)
     text = _EMAIL.sub("<email>", text)
-    return _PHONE.sub("<phone>", text)
+    return _PHONE.sub("<phone>", text) if phones else text
+
+
+def _redact_value(value: Any, phones: bool) -> Any:
+    if isinstance(value, str):
+        return redact(value, phones=phones)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(v, phones) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_value(v, phones) for k, v in value.items()}
+    return value
 
 
 def _redact_processor(
     _logger: Any, _name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key, value in list(event_dict.items()):
-        if isinstance(value, str) and key not in ("timestamp", "level"):
-            event_dict[key] = redact(value)
+        if key not in ("timestamp", "level"):
+            event_dict[key] = _redact_value(value, phones=key not in _IDENTIFYING)
     return event_dict
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from metrica_bridge.sandbox import SandboxServer
-from tests.support import crm, mixed
+from tests.support import mixed
 from tests.support.kafka import TopicFactory
 from tests.support.observe import outcomes
 from tests.support.oracle import is_subsequence
@@ -37,7 +37,9 @@ def test_two_processes_one_store_final_state_right_and_no_history_goes_back(
     tmp_path: Path,
 ) -> None:
     stream = mixed.build(DEALS, updates=6, seed=17)
-    assert stream.late > 20 and stream.duplicates > 10  # the stream exercises what it claims
+    # the stream exercises what it claims
+    assert stream.late > 20
+    assert stream.duplicates > 10
     names = topics.many({"lead-created": 3, "deal-status-changed": 3, "payment-received": 3})
     topics.created.extend(f"{name}.dlq" for name in names.values())
     env = service_env(
@@ -66,6 +68,9 @@ def test_two_processes_one_store_final_state_right_and_no_history_goes_back(
         wait_until(
             lambda: len(sandbox.orders(COUNTER)) == DEALS, 60, "every order created", poll=0.5
         )
+        # A slow Metrica keeps updates of one order in flight in both processes at once: only
+        # the claims keep them from deciding on the same stale order state.
+        sandbox.set_faults(latency_ms=150)
         mixed.produce(bootstrap, names["deal-status-changed"], stream.statuses)
         mixed.produce(bootstrap, names["payment-received"], stream.payments)
         ids = stream.event_ids()
@@ -91,7 +96,11 @@ def test_two_processes_one_store_final_state_right_and_no_history_goes_back(
     for deal, want in stream.expected.items():
         order = orders[deal]
         history = [h["order_status"] for h in order["history"]]
-        assert is_subsequence(history, want.ordered), (deal, history, want.ordered)
+        assert is_subsequence(mixed.status_steps(history), want.ordered), (
+            deal,
+            history,
+            want.ordered,
+        )
         assert len(history) <= 1 + want.updates, (deal, history)
         if order["order_status"] != want.final:
             wrong.append((deal, order["order_status"], want.final))

@@ -228,3 +228,10 @@ def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes, str]]) -
         for key, value, _ in records:
             producer.send(topic, key.encode(), value)
         producer.flush()
+
+
+def status_steps(history: list[str]) -> list[str]:
+    """An order's history without consecutive repeats. A late payment or a late deal amount is
+    sent with the status the order already has (the revenue changes, the status must not go
+    back), which repeats that status: a repeat, not a step backwards."""
+    return [status for i, status in enumerate(history) if i == 0 or history[i - 1] != status]

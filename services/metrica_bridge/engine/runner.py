@@ -126,12 +126,18 @@ class TopicRunner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Cancelled (shutdown, revocation) and the clean-up on the way out failed
+                    # (the store is closed): stop, uncommitted, instead of retrying forever.
+                    raise asyncio.CancelledError from exc
                 # The store or the broker failed us: the event is not handled, so its offset
                 # stays uncommitted. Try again; a restart would re-deliver it anyway.
                 delay = RETRY_INFRA_S[min(attempt, len(RETRY_INFRA_S) - 1)]
                 attempt += 1
                 log.error(
                     "event handling failed; retrying",
+                    event_id=parsed.event.event_id if isinstance(parsed, Parsed) else None,
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
