@@ -101,6 +101,19 @@ def test_leases_expire_and_unpark_removes(store: Store) -> None:
     assert store.parked_deals(["d1"]) == set()
 
 
+def test_unlease_puts_a_taken_event_back_for_the_next_sweep(store: Store) -> None:
+    store.apply(Changes(park=[parked("e1", "d1", "c1")]))
+    store.merge_identities([IdentityUpdate("c1", client_ids=("1",))])
+    assert [e.event_id for e in store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)] == ["e1"]
+    store.renew_claims("w", 60)  # the heartbeat keeps it leased while it is handled
+    assert store.take_ready_parked(TOPICS, "x", 60, LONG_AGO, 10) == []
+    # taken, then not handled (the identity went away meanwhile): back in the park, lease over
+    store.apply(Changes(unlease=["e1"]))
+    store.renew_claims("w", 60)
+    assert store.parked_count() == 1
+    assert [e.event_id for e in store.take_ready_parked(TOPICS, "x", 60, LONG_AGO, 10)] == ["e1"]
+
+
 def test_concurrent_takers_never_share_an_event(make_store: StoreFactory) -> None:
     seed = make_store()
     seed.apply(

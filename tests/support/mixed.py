@@ -173,7 +173,9 @@ def build(
             client=client,
             client_id=client_id,
             final=max(keyed)[1],
-            revenue=amount if carried_amount else (sum(paid.values()) if paid else None),
+            revenue=amount
+            if carried_amount
+            else (sum(paid.values(), Decimal(0)) if paid else None),
             ordered=ordered,
             updates=len(keyed),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,6 +63,7 @@ log = get_logger("metrica_bridge.engine.pipeline")
 
 CLAIM_LEASE_S = 30.0  # renewed every LEASE_RENEW_S while held; a crashed owner's lapse
 LEASE_RENEW_S = 5.0
+UPLOADED_CACHE = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,9 @@ class Pipeline:
         self._inflight: BatchLoader[str, UploadIntent | None] = BatchLoader(
             store.inflight, default=None
         )
-        self._uploaded: dict[str, str] = {}  # client -> fingerprint Metrica holds (this process)
+        # client -> fingerprint Metrica holds, for contacts acknowledged but not yet in the store
+        # (two leads of one client in flight at once); bounded, the store is the truth.
+        self._uploaded: OrderedDict[str, str] = OrderedDict()
 
     # -- store calls, batched ----------------------------------------------------------------
     def _merge_batch(self, updates: list[IdentityUpdate]) -> list[Identity]:
@@ -188,6 +192,8 @@ class Pipeline:
         # A parked event leaving the park is that same event, not a duplicate of itself.
         resumed = previous == Outcome.PARKED and parsed.released
         if previous is not None and not (replay or resumed):
+            if parsed.released:  # handled already: leave the park (or be leased forever)
+                await self._record(Changes(unpark=[event.event_id]))
             EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.DUPLICATE).inc()
             log.debug(
                 "duplicate",
@@ -223,7 +229,9 @@ class Pipeline:
         if lead.deal_id is not None and not identity.has_identifier():
             # Orders go to Metrica only for clients it can bind: the lead waits like any
             # other order event of a client without an identifier.
-            if not parsed.released:
+            if parsed.released:
+                await self._record(Changes(unlease=[lead.event_id]))
+            else:
                 await self._park(parsed, lead.client.uniq_id, lead.deal_id, None)
             return
         changes = Changes()
@@ -251,6 +259,9 @@ class Pipeline:
             return None
         ack = await self.batcher.submit(Endpoint.CONTACTS, client, rendered, deadline)
         self._uploaded[client] = fingerprint
+        self._uploaded.move_to_end(client)
+        if len(self._uploaded) > UPLOADED_CACHE:
+            self._uploaded.popitem(last=False)
         changes.contacts_uploaded[client] = fingerprint
         return ack
 
@@ -268,7 +279,9 @@ class Pipeline:
             or (not parsed.released and await self._parked.load(event.deal_id))
         ):
             if parsed.released:
-                # Consent was withdrawn since the sweep: it stays parked (lease expires).
+                # Consent was withdrawn since the sweep: it stays parked, and its lease ends now
+                # (the heartbeat would renew it forever) so the next sweep decides again.
+                await self._record(Changes(unlease=[event.event_id]))
                 return
             version = event.version if isinstance(event, DealStatusChanged) else None
             await self._park(parsed, event.client_uniq_id, event.deal_id, version)

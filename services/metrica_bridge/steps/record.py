@@ -20,6 +20,7 @@ def _merge(batch: list[Changes]) -> Changes:
         merged.release_claims.extend(changes.release_claims)
         merged.park.extend(changes.park)
         merged.unpark.extend(changes.unpark)
+        merged.unlease.extend(changes.unlease)
     return merged
 
 

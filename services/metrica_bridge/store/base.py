@@ -121,6 +121,9 @@ class Changes:
     release_claims: list[str] = field(default_factory=list)  # deal ids
     park: list[ParkedEvent] = field(default_factory=list)
     unpark: list[str] = field(default_factory=list)  # event ids removed from the park
+    # event ids taken from the park but not handled: they stay parked, their lease ends now so
+    # the next sweep decides again (released, or unattributable once the wait is over)
+    unlease: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -130,6 +133,7 @@ class Changes:
             or self.release_claims
             or self.park
             or self.unpark
+            or self.unlease
         )
 
 

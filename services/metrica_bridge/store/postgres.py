@@ -570,3 +570,9 @@ def _apply(conn: Conn, changes: Changes) -> None:
         conn.execute(
             "DELETE FROM parked WHERE event_id = ANY(%s::text[])", (unique(changes.unpark),)
         )
+    if changes.unlease:
+        conn.execute(
+            "UPDATE parked SET lease_owner = NULL, lease_expires_at = '-infinity'"
+            " WHERE event_id = ANY(%s::text[])",
+            (unique(changes.unlease),),
+        )

@@ -622,6 +622,14 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
     if changes.unpark:
         unparked = [(eid,) for eid in unique(changes.unpark)]
         steps.append(lambda c: c.executemany("DELETE FROM parked WHERE event_id = ?", unparked))
+    if changes.unlease:
+        unleased = [(eid,) for eid in unique(changes.unlease)]
+        steps.append(
+            lambda c: c.executemany(
+                "UPDATE parked SET lease_owner = NULL, lease_expires_at = 0 WHERE event_id = ?",
+                unleased,
+            )
+        )
     return steps
 
 
