@@ -2,7 +2,8 @@
 
 Lines about an event carry ``event_id``, ``topic``, ``partition`` and ``offset``. Personal data
 and the token never reach a log line: callers log counts and hashes, and a last-line-of-defence
-processor masks anything that looks like a phone, an email or an OAuth token.
+processor masks anything that looks like a phone, an email or an OAuth token. Standard
+``logging`` records (librdkafka's, asyncio's) are routed through the same processors.
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ def configure(level: str = "INFO", fmt: str = "json", file: TextIO | None = None
         logger_factory=structlog.PrintLoggerFactory(file=file or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib()
+
+
+def _route_stdlib() -> None:
+    """Warnings of the libraries below us (asyncio's "Task was destroyed", httpx, Python
+    warnings) come through the standard ``logging``: give them our format and masking too,
+    instead of ``logging.lastResort``'s bare lines on stderr."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _ToStructlog)]:
+        root.removeHandler(handler)
+    handler = _ToStructlog(source=None)
+    handler.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    logging.captureWarnings(True)
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
@@ -86,25 +101,36 @@ def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
 
 
 class _ToStructlog(logging.Handler):
-    """Forwards librdkafka's log lines (through confluent-kafka's ``logger``) to structlog, so
-    every line the service prints has one format."""
+    """Forwards standard ``logging`` records to structlog, so every line the service prints
+    has one format: librdkafka's (through confluent-kafka's ``logger``, ``source=librdkafka``)
+    and other libraries' (``source`` = the logger's name)."""
+
+    def __init__(self, source: str | None) -> None:
+        super().__init__()
+        self._source = source
 
     def emit(self, record: logging.LogRecord) -> None:
-        logger = get_logger("librdkafka")
-        message = redact(record.getMessage())
-        if record.levelno >= logging.ERROR:
-            logger.error(message)
-        elif record.levelno >= logging.WARNING:
-            logger.warning(message)
-        else:
-            logger.info(message)
+        try:
+            logger = get_logger("stdlib").bind(source=self._source or record.name)
+            fields: dict[str, Any] = {}
+            if record.exc_info and record.exc_info[0] is not None:
+                fields["exception"] = logging.Formatter().formatException(record.exc_info)
+            message = redact(record.getMessage())
+            if record.levelno >= logging.ERROR:
+                logger.error(message, **fields)
+            elif record.levelno >= logging.WARNING:
+                logger.warning(message, **fields)
+            else:
+                logger.info(message, **fields)
+        except Exception:
+            self.handleError(record)
 
 
 def kafka_logger() -> logging.Logger:
     """The ``logger`` to give confluent-kafka clients."""
     logger = logging.getLogger("metrica_bridge.librdkafka")
     if not logger.handlers:
-        logger.addHandler(_ToStructlog())
+        logger.addHandler(_ToStructlog(source="librdkafka"))
         logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger

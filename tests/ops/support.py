@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import httpx
@@ -57,10 +56,3 @@ class Scrape:
 def scrape(port: int) -> Scrape | None:
     status, body = get(port, "/metrics")
     return Scrape.parse(body) if status == 200 else None
-
-
-def by_topic(counts: Iterable[tuple[str, int]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for topic, n in counts:
-        out[topic] = out.get(topic, 0) + n
-    return out

@@ -77,6 +77,16 @@ class TopicRunner:
         self._stopping = True
         if self._consumer is not None:
             await self._consumer.stop()
+        # Released parked events belong to no partition, so revocation did not drain them:
+        # finish them within the same bound, or leave them parked (their lease lapses).
+        released = {(self.topic, -1)}
+        self.scheduler.drop_queued(released)
+        tasks = self.scheduler.running_tasks(released)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=5)
         if self._commit_task is not None:
             self._commit_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
