@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 
 from metrica_bridge.kafka.broker import EmbeddedBroker
+from metrica_bridge.sandbox import SandboxServer
+from tests.support import crm
 from tests.support.kafka import TopicFactory
 from tests.support.postgres import create_database, drop_database, start_server
+from tests.support.stack import COUNTER, STATUS_MAP, TOKEN
 
 _KAFKA_FIXTURES = {"broker", "bootstrap", "topics"}
 _POSTGRES_FIXTURES = {"postgres_server_url", "postgres_url"}
@@ -70,3 +73,19 @@ def postgres_url(_pgserver: Any) -> Iterator[str]:
     name, uri = create_database(_pgserver)
     yield uri
     drop_database(_pgserver, name)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """The Metrica sandbox with the test status map already pushed (schema-sync done)."""
+    with SandboxServer(tokens=[TOKEN], counter_ids=[COUNTER], port=0) as server:
+        crm.push_status_map(server.url)
+        yield server
+
+
+@pytest.fixture
+def status_map(tmp_path: Path) -> Path:
+    """The status map file the service reads (``STATUS_MAP_FILE``)."""
+    path = tmp_path / "status_map.yaml"
+    path.write_text(STATUS_MAP)
+    return path

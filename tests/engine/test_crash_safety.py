@@ -10,63 +10,58 @@ from pathlib import Path
 from metrica_bridge.sandbox import SandboxServer
 from tests.support import crm
 from tests.support.kafka import TopicFactory
-from tests.support.stack import COUNTER, STATUS_MAP, TOKEN, ServiceProcess, service_env, wait_until
+from tests.support.stack import COUNTER, ServiceProcess, service_env, wait_until
 
 
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(
-    bootstrap: str, topics: TopicFactory, tmp_path: Path
+    bootstrap: str, topics: TopicFactory, sandbox: SandboxServer, tmp_path: Path, status_map: Path
 ) -> None:
     stream = crm.build(deals=400, steps=3, seed=11)
-    names = topics.many({"lead-created": 3, "deal-status-changed": 3, "payment-received": 3})
-    topics.created.extend(f"{name}.dlq" for name in names.values())
-    status_map = tmp_path / "status_map.yaml"
-    status_map.write_text(STATUS_MAP)
+    names = topics.crm_topics(3)
     rng = random.Random(5)
     log = tmp_path / "service.log"
-    with SandboxServer(tokens=[TOKEN], counter_ids=[COUNTER], port=0) as sandbox:
-        crm.push_status_map(sandbox.url)
-        # Slow Metrica down so kills land while uploads are in flight.
-        sandbox.set_faults(latency_ms=100)
-        env = service_env(
-            bootstrap=bootstrap,
-            sandbox_url=sandbox.url,
-            store_url=f"sqlite:///{tmp_path / 'state.db'}",
-            topics=names,
-            status_map=status_map,
-            batch_max_records=40,
-            batch_linger_ms=100,
-            commit_interval_ms=100,
-        )
+    # Slow Metrica down so kills land while uploads are in flight.
+    sandbox.set_faults(latency_ms=100)
+    env = service_env(
+        bootstrap=bootstrap,
+        sandbox_url=sandbox.url,
+        store_url=f"sqlite:///{tmp_path / 'state.db'}",
+        topics=names,
+        status_map=status_map,
+        batch_max_records=40,
+        batch_linger_ms=100,
+        commit_interval_ms=100,
+    )
 
-        def crash_once() -> None:
-            service = ServiceProcess(env, log).start()
-            time.sleep(rng.uniform(4.0, 6.0))  # includes ~3 s to join the groups
-            service.kill()
+    def crash_once() -> None:
+        service = ServiceProcess(env, log).start()
+        time.sleep(rng.uniform(4.0, 6.0))  # includes ~3 s to join the groups
+        service.kill()
 
-        def settle(expected: dict[str, list[str]]) -> dict[str, list[str]]:
-            service = ServiceProcess(env, log).start()
-            try:
-                wait_until(
-                    lambda: _done(crm.histories(sandbox.orders(COUNTER)), expected),
-                    120,
-                    "every order's history",
-                    poll=1.0,
-                )
-            finally:
-                assert service.terminate() == 0, service.logs()[-3000:]
-            return crm.histories(sandbox.orders(COUNTER))
+    def settle(expected: dict[str, list[str]]) -> dict[str, list[str]]:
+        service = ServiceProcess(env, log).start()
+        try:
+            wait_until(
+                lambda: _done(crm.histories(sandbox.orders(COUNTER)), expected),
+                120,
+                "every order's history",
+                poll=1.0,
+            )
+        finally:
+            assert service.terminate() == 0, service.logs()[-3000:]
+        return crm.histories(sandbox.orders(COUNTER))
 
-        # Leads first (one crash among them): the lead must create each order before its
-        # status walk, or the lead's initial status is rightly stale and the history differs.
-        crm.produce(bootstrap, names, stream, statuses=False)
-        crash_once()
-        created = settle({deal: ["new"] for deal in stream.expected})
-        assert created == {deal: ["new"] for deal in stream.expected}
+    # Leads first (one crash among them): the lead must create each order before its
+    # status walk, or the lead's initial status is rightly stale and the history differs.
+    crm.produce(bootstrap, names, stream, statuses=False)
+    crash_once()
+    created = settle({deal: ["new"] for deal in stream.expected})
+    assert created == {deal: ["new"] for deal in stream.expected}
 
-        crm.produce(bootstrap, names, stream, leads=False)
-        crash_once()
-        crash_once()
-        got = settle(stream.expected)
+    crm.produce(bootstrap, names, stream, leads=False)
+    crash_once()
+    crash_once()
+    got = settle(stream.expected)
     wrong = {d: (got.get(d), h) for d, h in stream.expected.items() if got.get(d) != h}
     assert not wrong, f"{len(wrong)} orders differ, e.g. {list(wrong.items())[:3]}"
 

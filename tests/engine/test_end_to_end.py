@@ -13,22 +13,20 @@ from metrica_bridge.events import EventKind
 from metrica_bridge.kafka.producer import Producer
 from metrica_bridge.sandbox import SandboxServer
 from metrica_bridge.simulate import SimulationConfig, generate, produce
-from tests.support import crm
 from tests.support.kafka import TopicFactory, consume_all
 from tests.support.mixed import status_steps
 from tests.support.oracle import expect, is_subsequence
-from tests.support.stack import COUNTER, STATUS_MAP, TOKEN, ServiceProcess, service_env, wait_until
+from tests.support.stack import COUNTER, ServiceProcess, service_env, wait_until
 
 EVENTS = 4_000
 CODEC = Codec.from_dir(PROJECT_ROOT / "schemas")
 
 
 def test_simulated_stream_ends_in_the_expected_metrica_state(
-    bootstrap: str, topics: TopicFactory, tmp_path: Path
+    bootstrap: str, topics: TopicFactory, sandbox: SandboxServer, tmp_path: Path, status_map: Path
 ) -> None:
-    names = topics.many({"lead-created": 3, "deal-status-changed": 3, "payment-received": 3})
+    names = topics.crm_topics(3)
     dlqs = {topic: f"{topic}.dlq" for topic in names.values()}
-    topics.created.extend(dlqs.values())
     config = SimulationConfig(
         count=EVENTS,
         seed=21,
@@ -39,38 +37,34 @@ def test_simulated_stream_ends_in_the_expected_metrica_state(
     )
     messages = list(generate(config, CODEC))
     expected = expect(messages)
-    status_map = tmp_path / "status_map.yaml"
-    status_map.write_text(STATUS_MAP)
     db = tmp_path / "state.db"
-    with SandboxServer(tokens=[TOKEN], counter_ids=[COUNTER], port=0) as sandbox:
-        crm.push_status_map(sandbox.url)
-        env = service_env(
-            bootstrap=bootstrap,
-            sandbox_url=sandbox.url,
-            store_url=f"sqlite:///{db}",
-            topics=names,
-            status_map=status_map,
-            park_max_wait_s=15,
+    env = service_env(
+        bootstrap=bootstrap,
+        sandbox_url=sandbox.url,
+        store_url=f"sqlite:///{db}",
+        topics=names,
+        status_map=status_map,
+        park_max_wait_s=15,
+    )
+    with Producer({"bootstrap.servers": bootstrap}) as producer:
+        produce(messages, producer)
+    must_wait = {e for d in expected.unattributable() for e in expected.deals[d].event_ids}
+    may_wait = must_wait | {
+        e for d in set(expected.deals) - expected.certain() for e in expected.deals[d].event_ids
+    }
+    dlq_expected = sum(sum(c.values()) for c in expected.poison.values()) + len(must_wait)
+    service = ServiceProcess(env, tmp_path / "service.log").start()
+    try:
+        wait_until(
+            lambda: _ledger_count(db) >= len(expected.event_ids) and _parked(db) == 0,
+            150,
+            "every event recorded",
+            poll=1.0,
         )
-        with Producer({"bootstrap.servers": bootstrap}) as producer:
-            produce(messages, producer)
-        must_wait = {e for d in expected.unattributable() for e in expected.deals[d].event_ids}
-        may_wait = must_wait | {
-            e for d in set(expected.deals) - expected.certain() for e in expected.deals[d].event_ids
-        }
-        dlq_expected = sum(sum(c.values()) for c in expected.poison.values()) + len(must_wait)
-        service = ServiceProcess(env, tmp_path / "service.log").start()
-        try:
-            wait_until(
-                lambda: _ledger_count(db) >= len(expected.event_ids) and _parked(db) == 0,
-                150,
-                "every event recorded",
-                poll=1.0,
-            )
-            dlq = consume_all(bootstrap, list(dlqs.values()), dlq_expected, timeout=30)
-        finally:
-            assert service.terminate() == 0, service.logs()[-3000:]
-        orders = {o["id"]: o for o in sandbox.orders(COUNTER)}
+        dlq = consume_all(bootstrap, list(dlqs.values()), dlq_expected, timeout=30)
+    finally:
+        assert service.terminate() == 0, service.logs()[-3000:]
+    orders = {o["id"]: o for o in sandbox.orders(COUNTER)}
 
     # Every poison message is in its topic's DLQ, with the headers, key and value untouched.
     got_poison: Counter[tuple[str, str]] = Counter()

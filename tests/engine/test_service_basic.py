@@ -4,25 +4,18 @@ poison record and a deal whose lead arrives later (parked, then released)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
-import pytest
-import yaml
-
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import PROJECT_ROOT
 from metrica_bridge.kafka.producer import Producer
-from metrica_bridge.metrica.status_map import parse_status_map
 from metrica_bridge.sandbox import SandboxServer
 from tests.support.kafka import TopicFactory, consume_all
 from tests.support.stack import (
     COUNTER,
-    STATUS_MAP,
     TOKEN,
     ServiceProcess,
     service_env,
@@ -64,28 +57,10 @@ def _status(
     }
 
 
-@pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(
-        tokens=[TOKEN], counter_ids=[COUNTER], timezone="Europe/Moscow", port=0
-    ) as sb:
-        statuses = parse_status_map(yaml.safe_load(STATUS_MAP)).to_order_statuses()
-        response = httpx.post(
-            f"{sb.url}/cdp/api/v1/counter/{COUNTER}/schema/order_statuses",
-            json={"order_statuses": statuses},
-            headers={"Authorization": f"OAuth {TOKEN}"},
-        )
-        response.raise_for_status()
-        yield sb
-
-
 def test_stream_reaches_metrica(
-    bootstrap: str, topics: TopicFactory, sandbox: SandboxServer, tmp_path: Path
+    bootstrap: str, topics: TopicFactory, sandbox: SandboxServer, tmp_path: Path, status_map: Path
 ) -> None:
-    names = topics.many({"lead-created": 3, "deal-status-changed": 3, "payment-received": 3})
-    topics.created.extend(f"{name}.dlq" for name in names.values())  # the service creates them
-    status_map = tmp_path / "status_map.yaml"
-    status_map.write_text(STATUS_MAP)
+    names = topics.crm_topics(3)
     codec = Codec.from_dir(PROJECT_ROOT / "schemas")
     env = service_env(
         bootstrap=bootstrap,

@@ -51,8 +51,7 @@ def test_retries_no_ops_and_repeated_payments_upload_nothing(
     postgres_url: str,
     tmp_path: Path,
 ) -> None:
-    names = topics.many({"lead-created": 1, "deal-status-changed": 1, "payment-received": 1})
-    topics.created.extend(f"{name}.dlq" for name in names.values())
+    names = topics.crm_topics(1)
     deal_topic, payment_topic = names["deal-status-changed"], names["payment-received"]
     env = service_env(
         bootstrap=bootstrap,

@@ -22,9 +22,7 @@ PROCESSED = "metrica_bridge_events_processed_total"
 
 
 def _names(topics: TopicFactory) -> dict[str, str]:
-    names = topics.many({"lead-created": 1, "deal-status-changed": 1, "payment-received": 1})
-    topics.created.extend(f"{name}.dlq" for name in names.values())
-    return names
+    return topics.crm_topics(1)
 
 
 def _status(event_id: str, deal: str, client: str, minutes: int, status: str) -> bytes:

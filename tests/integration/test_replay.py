@@ -23,8 +23,7 @@ def test_replaying_every_topic_from_offset_zero_into_a_warm_store_sends_nothing(
 ) -> None:
     stream = mixed.build(25, updates=4, seed=5)
     records = len(stream.leads) + len(stream.statuses) + len(stream.payments)
-    names = topics.many({"lead-created": 3, "deal-status-changed": 3, "payment-received": 3})
-    topics.created.extend(f"{name}.dlq" for name in names.values())
+    names = topics.crm_topics(3)
     store_url = f"sqlite:///{tmp_path / 'state.db'}"
     env = service_env(
         bootstrap=bootstrap,

@@ -40,8 +40,7 @@ def test_two_processes_one_store_final_state_right_and_no_history_goes_back(
     # the stream exercises what it claims
     assert stream.late > 20
     assert stream.duplicates > 10
-    names = topics.many({"lead-created": 3, "deal-status-changed": 3, "payment-received": 3})
-    topics.created.extend(f"{name}.dlq" for name in names.values())
+    names = topics.crm_topics(3)
     env = service_env(
         bootstrap=bootstrap,
         sandbox_url=sandbox.url,

@@ -4,25 +4,19 @@ second replay finds nothing, and a poison record that keeps failing hits the rep
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
-import pytest
-import yaml
-
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import PROJECT_ROOT, Settings
 from metrica_bridge.kafka.producer import Producer
-from metrica_bridge.metrica.status_map import parse_status_map
 from metrica_bridge.replay import ReplayOptions, replay
 from metrica_bridge.sandbox import SandboxServer
 from metrica_bridge.steps.dlq import dlq_topic
 from tests.replay.support import FAST_GROUP
 from tests.support.kafka import TEST_CONSUMER_PROPERTIES, TopicFactory, consume_all
-from tests.support.stack import COUNTER, STATUS_MAP, TOKEN, ServiceProcess, service_env, wait_until
+from tests.support.stack import COUNTER, TOKEN, ServiceProcess, service_env, wait_until
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 POISON = b"\x00garbage"
@@ -58,21 +52,6 @@ def _status(eid: str, deal: str, client: str, status: str, at: datetime) -> dict
     }
 
 
-@pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    with SandboxServer(
-        tokens=[TOKEN], counter_ids=[COUNTER], timezone="Europe/Moscow", port=0
-    ) as sb:
-        statuses = parse_status_map(yaml.safe_load(STATUS_MAP)).to_order_statuses()
-        response = httpx.post(
-            f"{sb.url}/cdp/api/v1/counter/{COUNTER}/schema/order_statuses",
-            json={"order_statuses": statuses},
-            headers={"Authorization": f"OAuth {TOKEN}"},
-        )
-        response.raise_for_status()
-        yield sb
-
-
 def _replay_counts(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, str, str]]:
     """(value, error class, replay count) of every record in a DLQ, once ``expected`` are in."""
     records = consume_all(bootstrap, topic, expected, timeout=60)
@@ -84,12 +63,9 @@ def _replay_counts(bootstrap: str, topic: str, expected: int) -> list[tuple[byte
 
 
 def test_outage_then_replay_delivers_each_event_once(
-    bootstrap: str, topics: TopicFactory, sandbox: SandboxServer, tmp_path: Path
+    bootstrap: str, topics: TopicFactory, sandbox: SandboxServer, tmp_path: Path, status_map: Path
 ) -> None:
-    names = topics.many({"lead-created": 3, "deal-status-changed": 3, "payment-received": 3})
-    topics.created.extend(dlq_topic(name) for name in names.values())  # the service makes them
-    status_map = tmp_path / "status_map.yaml"
-    status_map.write_text(STATUS_MAP)
+    names = topics.crm_topics(3)
     env = service_env(
         bootstrap=bootstrap,
         sandbox_url=sandbox.url,

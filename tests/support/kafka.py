@@ -135,6 +135,19 @@ class TopicFactory:
         ensure_topics(self.bootstrap, {names[p]: n for p, n in prefixes.items()})
         return names
 
+    def crm_topics(self, partitions: int = 3) -> dict[str, str]:
+        """The three CRM topics, ``{kind: unique name}``; their ``.dlq`` topics, which the
+        service creates, are deleted after the test too."""
+        names = self.many(
+            {
+                "lead-created": partitions,
+                "deal-status-changed": partitions,
+                "payment-received": partitions,
+            }
+        )
+        self.created.extend(f"{name}.dlq" for name in names.values())
+        return names
+
     def crm_settings(self, partitions: int = 3, *, dlq: bool = True, **overrides: Any) -> Settings:
         """Settings pointing at three fresh CRM topics (and their ``.dlq`` topics).
 
