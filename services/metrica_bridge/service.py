@@ -23,7 +23,7 @@ from metrica_bridge.kafka.producer import Producer
 from metrica_bridge.kafka.settings import for_consumer
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.client import MetricaClient
-from metrica_bridge.metrica.errors import SetupError
+from metrica_bridge.metrica.errors import RetryExhausted, SetupError
 from metrica_bridge.metrica.quota import QuotaGovernor
 from metrica_bridge.metrica.status_map import load_status_map
 from metrica_bridge.metrics import QUOTA_REMAINING
@@ -39,6 +39,7 @@ log = get_logger("metrica_bridge.service")
 
 DEFAULT_PARTITIONS = 6
 SETUP_RETRY_S = 30.0
+TRANSIENT_RETRY_S = 2.0  # after a counter lookup that ran out of retries
 
 
 class Service:
@@ -159,17 +160,23 @@ class Service:
             try:
                 timezone = await client.counter_timezone()
             except SetupError as exc:
+                wait_s = SETUP_RETRY_S
                 self._on_setup_error(str(exc))
                 log.error(
                     "Metrica refuses the token or counter; consumers not started",
                     error=str(exc),
                     retry_in_s=SETUP_RETRY_S,
                 )
+            except RetryExhausted as exc:
+                # Throttled or down past the retry budget: transient, not a setup problem, and
+                # no reason to exit (seen in the chaos suite: instances died at start-up).
+                log.warning("counter lookup failed; retrying", error=str(exc))
+                wait_s = TRANSIENT_RETRY_S
             else:
                 self._on_setup_error(None)
                 return timezone
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), SETUP_RETRY_S)
+                await asyncio.wait_for(stop.wait(), wait_s)
                 return None
 
     async def _housekeeping(self, client: MetricaClient, pipeline: Pipeline) -> None:

@@ -68,7 +68,7 @@ def test_a_dead_lettered_outcome_gives_way_to_a_replay(store: Store) -> None:
     # ...and within one batch the same rule holds.
     store.apply(Changes(ledger=[entry("e2", "dead_lettered"), entry("e2", "delivered")]))
     assert store.outcomes(["e2"])["e2"].outcome == "delivered"
-    store.apply(
-        Changes(ledger=[entry("e3", "dead_lettered"), entry("e3", "dead_lettered", detail="x")])
-    )
-    assert store.outcomes(["e3"])["e3"].detail == ""
+    # A replay that fails again, for another reason: the latest class holds.
+    store.apply(Changes(ledger=[entry("e3", "dead_lettered", detail="retry_exhausted")]))
+    store.apply(Changes(ledger=[entry("e3", "dead_lettered", detail="unattributable")]))
+    assert store.outcomes(["e3"])["e3"].detail == "unattributable"

@@ -48,3 +48,13 @@ def test_purge_drops_old_intents(store: Store) -> None:
     store.begin_upload(_intent("new", datetime.now(UTC)), ["e-new"])
     store.purge_ledger(datetime.now(UTC) - timedelta(days=30))
     assert set(store.inflight(["e-old", "e-new"])) == {"e-new"}
+
+
+def test_open_intents_lists_unresolved_ones_in_a_window(store: Store) -> None:
+    now = datetime.now(UTC)
+    store.begin_upload(_intent("a", now - timedelta(seconds=30)), ["e1"])
+    store.begin_upload(_intent("b", now), ["e2"])
+    store.begin_upload(_intent("c", now + timedelta(seconds=1)), ["e3"])
+    store.finish_upload("c", "u-1")
+    found = store.open_intents(now - timedelta(seconds=5), now + timedelta(seconds=5))
+    assert [i.intent_id for i in found] == ["b"]

@@ -9,6 +9,7 @@ so it is consumed again after a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import OrderedDict
@@ -56,6 +57,7 @@ from metrica_bridge.store.base import (
     OrderState,
     ParkedEvent,
     Store,
+    StoreError,
     UploadIntent,
 )
 
@@ -167,6 +169,12 @@ class Pipeline:
         *,
         released: bool = False,
     ) -> None:
+        # A record without a readable event id is recorded by its position, so a redelivery
+        # after a crash does not dead-letter it a second time.
+        ledger_id = event_id or f"@{source.topic}:{source.partition}:{source.offset}"
+        if event_id is None and await self.dedupe.seen(ledger_id) is not None:
+            EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.DUPLICATE).inc()
+            return
         await self.dead_letters.send(source, error_class, reason)
         log.warning(
             "dead-lettered",
@@ -177,11 +185,8 @@ class Pipeline:
             error_class=error_class.value,
             reason=reason,
         )
-        if event_id is None:
-            EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.DEAD_LETTERED).inc()
-            return
-        entry = LedgerEntry(event_id, source.topic, Outcome.DEAD_LETTERED, error_class.value)
-        await self._record(Changes(ledger=[entry], unpark=[event_id] if released else []))
+        entry = LedgerEntry(ledger_id, source.topic, Outcome.DEAD_LETTERED, error_class.value)
+        await self._record(Changes(ledger=[entry], unpark=[ledger_id] if released else []))
 
     async def handle(self, parsed: Parsed) -> None:
         event, source = parsed.event, parsed.source
@@ -334,7 +339,9 @@ class Pipeline:
             changes.orders.append(verdict.state)
             await self._finish(parsed, Outcome.DELIVERED, "order", ack, changes)
         except BaseException:
-            await self._record(Changes(release_claims=[deal_id]))
+            # Best effort, once: if the store is gone too, the lease lapses on its own.
+            with contextlib.suppress(Exception):
+                await self.recorder.apply(Changes(release_claims=[deal_id]))
             raise
 
     async def _recovered(self, event_id: str) -> Ack | None:
@@ -403,7 +410,18 @@ class Pipeline:
             )
 
     async def _record(self, changes: Changes) -> None:
-        await self.recorder.apply(changes)
+        """Write the outcome, retrying in place on store errors (a PostgreSQL deadlock, a
+        failover): what Metrica already accepted must be recorded, not handled again from
+        scratch — that would send it twice. The order claims stay held meanwhile."""
+        delay = 0.05
+        while True:
+            try:
+                await self.recorder.apply(changes)
+                break
+            except StoreError as exc:
+                log.warning("recording outcomes failed; retrying", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         self.dedupe.remember(changes.ledger)
 
 

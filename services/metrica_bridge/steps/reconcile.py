@@ -9,8 +9,13 @@ started, with the same number of records, that none of our known intents owns, i
 lost one; the event is then recorded as delivered without being sent a second time. No such
 upload means it never arrived, and the event is sent normally.
 
-The match is by count and time (the list names no records), so it is a heuristic; the rule
-"closest upload in time, never one already matched" keeps a few simultaneous crashes apart.
+The match is by count and time (the list names no records), so it must not guess. An upload
+is taken only if no other process could be waiting for it: intents of other owners that are
+still open and could have sent it are first given time to resolve (a live process resolves its
+own within its request's retries); one still open after that makes the upload ambiguous, and
+the event is sent again — a second identical update is harmless, a lost one is not. Among one
+crashed run's own open intents of the same size, uploads are paired in time order (requests
+leave in the order their intents were written), never one already matched.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from metrica_bridge.store.base import Store, UploadIntent
 
 log = get_logger("metrica_bridge.steps.reconcile")
 
-SKEW = timedelta(seconds=5)  # clock difference between us and Metrica, and second rounding
-WINDOW = timedelta(minutes=10)  # an upload this long after its intent started is not it
+SKEW = timedelta(seconds=2)  # clock difference between us and Metrica, and second rounding
+WINDOW = timedelta(seconds=60)  # how long after its intent began a request can still arrive
+SETTLE = timedelta(seconds=60)  # how long other processes' open intents are given to resolve
 
 
 def parse_uploading_time(value: str, zone: ZoneInfo) -> datetime | None:
@@ -58,24 +64,44 @@ class Reconciler:
             return self._verdicts[intent.intent_id]
 
     async def _resolve(self, intent: UploadIntent) -> str | None:
-        since = intent.started_at - SKEW
-        known = await asyncio.to_thread(self._store.known_uploads, since - WINDOW)
-        uploads = await self._client.last_uploadings(limit=1000)
-        candidates: list[tuple[timedelta, str]] = []
-        for upload in uploads:
-            uploading_id = str(upload.get("uploading_id", ""))
-            when = parse_uploading_time(str(upload.get("datetime", "")), self._zone)
-            if (
-                not uploading_id
-                or uploading_id in known
-                or when is None
-                or upload.get("elements_count") != intent.records
-                or upload.get("api_validation_status", "PASSED") != "PASSED"
-                or not since <= when <= intent.started_at + WINDOW
-            ):
-                continue
-            candidates.append((abs(when - intent.started_at), uploading_id))
-        match = min(candidates)[1] if candidates else None
+        since, until = intent.started_at - SKEW, intent.started_at + WINDOW
+        deadline = datetime.now(UTC) + SETTLE
+        while True:
+            same_size = [
+                other
+                for other in await asyncio.to_thread(
+                    self._store.open_intents, since - WINDOW, until + SKEW
+                )
+                if other.records == intent.records
+            ]
+            rivals = [o for o in same_size if o.owner != intent.owner]
+            siblings = [o.intent_id for o in same_size if o.owner == intent.owner]
+            known = await asyncio.to_thread(self._store.known_uploads, since - WINDOW)
+            uploads = await self._client.last_uploadings(limit=1000)
+            candidates: list[tuple[datetime, str]] = []
+            ambiguous = False
+            for upload in uploads:
+                uploading_id = str(upload.get("uploading_id", ""))
+                when = parse_uploading_time(str(upload.get("datetime", "")), self._zone)
+                if (
+                    not uploading_id
+                    or uploading_id in known
+                    or when is None
+                    or upload.get("elements_count") != intent.records
+                    or upload.get("api_validation_status", "PASSED") != "PASSED"
+                    or not since <= when <= until
+                ):
+                    continue
+                if any(r.started_at - SKEW <= when <= r.started_at + WINDOW for r in rivals):
+                    ambiguous = True  # another process may own it: never take it from them
+                    continue
+                candidates.append((when, uploading_id))
+            if not ambiguous or datetime.now(UTC) >= deadline:
+                break
+            await asyncio.sleep(2.0)  # a live rival resolves its intent; its upload becomes known
+        rank = siblings.index(intent.intent_id) if intent.intent_id in siblings else 0
+        ordered = sorted(candidates)
+        match = ordered[rank][1] if rank < len(ordered) and not ambiguous else None
         await asyncio.to_thread(self._store.finish_upload, intent.intent_id, match)
         log.info(
             "in-flight upload of a previous run reconciled",
@@ -83,5 +109,6 @@ class Reconciler:
             endpoint=intent.endpoint,
             records=intent.records,
             applied=match is not None,
+            ambiguous=ambiguous,
         )
         return match

@@ -229,11 +229,15 @@ class Store(Protocol):
         """Metrica uploading ids already matched to an intent started since then."""
         ...
 
+    def open_intents(self, since: datetime, until: datetime) -> list[UploadIntent]:
+        """Unresolved intents (any owner) started in ``[since, until]``."""
+        ...
+
     # the unit of work
     def apply(self, changes: Changes) -> None:
         """Write everything in one transaction. Ledger inserts keep the FIRST outcome of an
         event id (a later insert for the same id is ignored), so redeliveries cannot rewrite
-        history — except that a ``dead_lettered`` outcome gives way to a later non-DLQ outcome:
-        that is a DLQ replay settling the event. Recording an outcome forgets the event's
+        history — except that a ``dead_lettered`` outcome gives way to a later outcome: a DLQ
+        replay settling the event, or dead-lettering it again with the class that now holds. Recording an outcome forgets the event's
         upload intent (``inflight``)."""
         ...

@@ -182,10 +182,11 @@ def migrations(dialect: str) -> list[tuple[int, str, str]]:
 
 def settle_ledger(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
     """One entry per event id, by the ledger's rule: the first outcome wins, except that a
-    ``dead_lettered`` one gives way to a later outcome (a DLQ replay settling the event)."""
+    ``dead_lettered`` one gives way to a later outcome — a DLQ replay settling the event, or
+    failing again for another reason (the latest class is the one that holds)."""
     settled: dict[str, LedgerEntry] = {}
     for entry in entries:
         first = settled.get(entry.event_id)
-        if first is None or (first.outcome == "dead_lettered" and entry.outcome != "dead_lettered"):
+        if first is None or first.outcome == "dead_lettered":
             settled[entry.event_id] = entry
     return [settled[event_id] for event_id in sorted(settled)]

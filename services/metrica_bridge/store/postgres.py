@@ -275,14 +275,19 @@ class PostgresStore:
 
     def renew_claims(self, owner: str, lease_s: float) -> int:
         with self._conn("renew_claims") as conn:
+            # Rows are locked in key order, like every other statement on these tables: a
+            # heartbeat racing the same process's apply() must not deadlock with it.
             cur = conn.execute(
-                "UPDATE order_claims SET expires_at = now() + %s * interval '1 second'"
-                " WHERE owner = %s AND expires_at > now()",
+                "UPDATE order_claims c SET expires_at = now() + %s * interval '1 second'"
+                " FROM (SELECT deal_id FROM order_claims WHERE owner = %s AND expires_at > now()"
+                "  ORDER BY deal_id FOR UPDATE) s WHERE c.deal_id = s.deal_id",
                 (lease_s, owner),
             )
             conn.execute(
-                "UPDATE parked SET lease_expires_at = now() + %s * interval '1 second'"
-                " WHERE lease_owner = %s AND lease_expires_at > now()",
+                "UPDATE parked p SET lease_expires_at = now() + %s * interval '1 second'"
+                " FROM (SELECT event_id FROM parked WHERE lease_owner = %s"
+                "  AND lease_expires_at > now() ORDER BY event_id FOR UPDATE) s"
+                " WHERE p.event_id = s.event_id",
                 (lease_s, owner),
             )
             return cur.rowcount
@@ -439,6 +444,15 @@ class PostgresStore:
             ).fetchall()
         return {row[0] for row in rows}
 
+    def open_intents(self, since: datetime, until: datetime) -> list[UploadIntent]:
+        with self._conn("open_intents") as conn:
+            rows = conn.execute(
+                "SELECT intent_id, owner, endpoint, records, started_at FROM upload_intents"
+                " WHERE NOT resolved AND started_at BETWEEN %s AND %s ORDER BY started_at",
+                (utc(since), utc(until)),
+            ).fetchall()
+        return [UploadIntent(r[0], r[1], r[2], r[3], utc(r[4])) for r in rows]
+
     def apply(self, changes: Changes) -> None:
         if not changes:
             return
@@ -483,7 +497,7 @@ def _apply(conn: Conn, changes: Changes) -> None:
             " ON CONFLICT (event_id) DO UPDATE SET"
             " outcome = excluded.outcome, detail = excluded.detail,"
             " upload_id = excluded.upload_id, recorded_at = excluded.recorded_at"
-            " WHERE ledger.outcome = 'dead_lettered' AND excluded.outcome <> 'dead_lettered'",
+            " WHERE ledger.outcome = 'dead_lettered'",
             (
                 [e.event_id for e in ledger],
                 [e.topic for e in ledger],
@@ -535,7 +549,8 @@ def _apply(conn: Conn, changes: Changes) -> None:
         )
     if changes.release_claims:
         conn.execute(
-            "DELETE FROM order_claims WHERE deal_id = ANY(%s::text[])",
+            "DELETE FROM order_claims WHERE deal_id IN (SELECT deal_id FROM order_claims"
+            " WHERE deal_id = ANY(%s::text[]) ORDER BY deal_id FOR UPDATE)",
             (unique(changes.release_claims),),
         )
     if changes.park:
@@ -568,11 +583,14 @@ def _apply(conn: Conn, changes: Changes) -> None:
         )
     if changes.unpark:
         conn.execute(
-            "DELETE FROM parked WHERE event_id = ANY(%s::text[])", (unique(changes.unpark),)
+            "DELETE FROM parked WHERE event_id IN (SELECT event_id FROM parked"
+            " WHERE event_id = ANY(%s::text[]) ORDER BY event_id FOR UPDATE)",
+            (unique(changes.unpark),),
         )
     if changes.unlease:
         conn.execute(
-            "UPDATE parked SET lease_owner = NULL, lease_expires_at = '-infinity'"
-            " WHERE event_id = ANY(%s::text[])",
+            "UPDATE parked p SET lease_owner = NULL, lease_expires_at = '-infinity'"
+            " FROM (SELECT event_id FROM parked WHERE event_id = ANY(%s::text[])"
+            "  ORDER BY event_id FOR UPDATE) s WHERE p.event_id = s.event_id",
             (unique(changes.unlease),),
         )

@@ -507,6 +507,15 @@ class SqliteStore:
             ).fetchall()
         return {row[0] for row in rows}
 
+    def open_intents(self, since: datetime, until: datetime) -> list[UploadIntent]:
+        with self._read("open_intents") as conn:
+            rows = conn.execute(
+                "SELECT intent_id, owner, endpoint, records, started_at FROM upload_intents"
+                " WHERE resolved = 0 AND started_at BETWEEN ? AND ? ORDER BY started_at",
+                (to_us(since), to_us(until)),
+            ).fetchall()
+        return [UploadIntent(r[0], r[1], r[2], r[3], from_us(r[4])) for r in rows]
+
     def apply(self, changes: Changes) -> None:
         if not changes:
             return
@@ -540,7 +549,7 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE SET"
                 " outcome = excluded.outcome, detail = excluded.detail,"
                 " upload_id = excluded.upload_id, recorded_at = excluded.recorded_at"
-                " WHERE ledger.outcome = 'dead_lettered' AND excluded.outcome != 'dead_lettered'",
+                " WHERE ledger.outcome = 'dead_lettered'",
                 rows,
             )
         )
