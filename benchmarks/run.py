@@ -1,0 +1,861 @@
+"""``python -m benchmarks.run [--quick] [--only NAME ...]``: measure metrica-bridge on this machine.
+
+Everything runs here, in one run, so ratios compare numbers taken under the same (noisy) load:
+the embedded tansu broker, the Metrica sandbox (in this process, on a thread) and the service as
+its own process (``metrica-bridge run``, configured by environment variables like in production).
+
+Scenarios (``--only`` picks some; the default runs all, in this order):
+
+* ``ceiling``  — raw confluent-kafka consumption of the backlog, then the same plus Avro decoding
+  with our :class:`~metrica_bridge.codec.Codec`: the most any consumer of these topics could do;
+* ``sqlite`` / ``postgres`` — the service on the same backlog (produced before it starts), from
+  its first fetch to the last upload the sandbox accepted;
+* ``naive`` — one request per event, no batching, one worker, on a small sample;
+* ``steady`` — 1,000 events/s for a minute, occurred_at = produce time: end-to-end latency;
+* ``profile`` — py-spy samples the service on a backlog: where the time goes;
+* ``memory`` — peak RSS of the service while it works through a 1,000,000-event backlog,
+  read at every 100,000 events consumed.
+
+Raw numbers go to a JSON file (``--out``) and a summary to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from metrica_bridge.codec import Codec
+from metrica_bridge.config import PROJECT_ROOT
+from metrica_bridge.events import EventKind
+from metrica_bridge.kafka.admin import delete_topics, ensure_topics, list_topics
+from metrica_bridge.kafka.broker import EmbeddedBroker, free_port
+from metrica_bridge.kafka.producer import Producer
+from metrica_bridge.kafka.settings import PRODUCER_DEFAULTS, layered
+from metrica_bridge.metrica.status_map import parse_status_map
+from metrica_bridge.sandbox import SandboxServer
+from metrica_bridge.sandbox.quotas import QuotaLimits
+from metrica_bridge.simulate import SimulatedMessage, SimulationConfig, generate, produce
+
+SCENARIOS = ("ceiling", "sqlite", "postgres", "naive", "steady", "profile", "memory")
+PARTITIONS = 6  # what the service creates (service.DEFAULT_PARTITIONS)
+COUNTER = 4242
+TOKEN = "bench-" + uuid.uuid4().hex
+STATUS_MAP_FILE = PROJECT_ROOT / "deploy" / "status_map.example.yaml"
+
+# Our emulator's quotas, raised: the benchmark measures the service, and the service's own
+# governor (METRICA_REQUESTS_PER_SECOND, 3 parallel, the daily budget) still applies.
+SANDBOX_LIMITS = QuotaLimits(parallel=3, per_second=1_000, daily=10_000_000)
+
+# The service as an operator would run it against Metrica: production defaults except the
+# request rate (Metrica allows 30/s per IP; our default of 5/s is deliberately conservative)
+# and the tansu timing traps (group joins, fetch wait; /work/shared/tansu-notes.md).
+BASE_ENV: dict[str, str] = {
+    "KAFKA_SESSION_TIMEOUT_MS": "6000",
+    "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+    "KAFKA_FETCH_WAIT_MAX_MS": "100",
+    "METRICA_REQUESTS_PER_SECOND": "20",
+    "LOG_FORMAT": "json",
+    "LOG_LEVEL": "INFO",
+    "SHUTDOWN_TIMEOUT_S": "20",
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    backlog: int
+    naive: int
+    steady_rate: int
+    steady_s: int
+    profile: int
+    memory: int
+    memory_step: int
+
+
+FULL = Sizes(200_000, 2_000, 1_000, 60, 100_000, 1_000_000, 100_000)
+QUICK = Sizes(20_000, 200, 1_000, 15, 20_000, 100_000, 10_000)
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def scrape(port: int) -> Samples:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples: Samples = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append((dict(sample.labels), float(sample.value)))
+    return samples
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(
+        value
+        for got, value in samples.get(name, [])
+        if all(got.get(k) == v for k, v in labels.items())
+    )
+
+
+def by_label(samples: Samples, name: str, *keys: str) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for labels, value in samples.get(name, []):
+        out["/".join(labels.get(k, "") for k in keys)] += value
+    return dict(out)
+
+
+def histogram(samples: Samples, name: str) -> list[tuple[float, float]]:
+    """Cumulative ``(le, count)`` over every label set."""
+    buckets: dict[float, float] = defaultdict(float)
+    for labels, value in samples.get(name + "_bucket", []):
+        buckets[float(labels["le"])] += value
+    return sorted(buckets.items())
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
+    """Linear interpolation inside the bucket, like PromQL's histogram_quantile."""
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    target = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for le, count in buckets:
+        if count >= target:
+            if le == float("inf"):
+                return lower  # beyond the last finite bucket: a lower bound
+            return lower + (le - lower) * ((target - below) / max(count - below, 1e-12))
+        lower, below = le, count
+    return None
+
+
+def share_at_most(buckets: list[tuple[float, float]], bound: float) -> float | None:
+    for le, count in buckets:
+        if le == bound and buckets[-1][1]:
+            return count / buckets[-1][1]
+    return None
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0)}
+
+
+# -- the service as a process ----------------------------------------------------------------
+
+
+@dataclass
+class ServiceProcess:
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    rss_kib: int = 0
+    hwm_kib: int = 0
+    _sampler: threading.Thread | None = None
+
+    def start(self) -> ServiceProcess:
+        self.port = free_port()
+        env = {**os.environ, **self.env, "METRICS_PORT": str(self.port)}
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "metrica_bridge.cli", "run"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _sample(self) -> None:
+        while self.alive():
+            self.memory()
+            time.sleep(0.2)
+
+    def memory(self) -> tuple[int, int]:
+        """(VmRSS, VmHWM) in KiB; VmHWM is the kernel's peak resident set."""
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.rss_kib = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    self.hwm_kib = max(self.hwm_kib, int(line.split()[1]))
+        return self.rss_kib, self.hwm_kib
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the service has used so far."""
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0
+
+    def metrics(self) -> Samples:
+        return scrape(self.port)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"the service exited; see {self.log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"the service did not become ready; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+# -- the bench -------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    sizes: Sizes
+    workdir: Path
+    broker: EmbeddedBroker = field(init=False)
+    codec: Codec = field(init=False)
+    results: dict[str, Any] = field(default_factory=dict)
+    _pg: Any = None
+    _topics: list[str] = field(default_factory=list)
+
+    def __enter__(self) -> Bench:
+        self.broker = EmbeddedBroker(log_path=self.workdir / "tansu.log").start()
+        self.codec = Codec.from_dir(PROJECT_ROOT / "schemas")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.codec.close()
+        self.broker.stop()
+        if self._pg is not None:
+            with contextlib.suppress(Exception):
+                self._pg.cleanup()
+
+    # -- building blocks -----------------------------------------------------------------
+    def topics(self, prefix: str) -> dict[EventKind, str]:
+        names = {kind: f"{prefix}-{kind.value}-{uuid.uuid4().hex[:6]}" for kind in EventKind}
+        wanted = {n: PARTITIONS for n in names.values()} | {f"{n}.dlq": 1 for n in names.values()}
+        ensure_topics(self.broker.bootstrap, wanted)
+        self._topics.extend(wanted)
+        return names
+
+    def drop_topics(self, names: Mapping[EventKind, str]) -> None:
+        """tansu keeps everything in memory, with no retention: delete what a scenario used."""
+        doomed = [n for name in names.values() for n in (name, f"{name}.dlq")]
+        delete_topics(self.broker.bootstrap, doomed)
+
+    def producer(self) -> Producer:
+        config = layered(PRODUCER_DEFAULTS, {"bootstrap.servers": self.broker.bootstrap})
+        return Producer(config, with_defaults=False, futures=False)
+
+    def produce(self, names: Mapping[EventKind, str], count: int, seed: int) -> dict[str, Any]:
+        log(f"producing {count:,} simulated events")
+        config = SimulationConfig(count=count, seed=seed, topics=dict(names), clients=20_000)
+        with self.producer() as producer:
+            stats = produce(generate(config, self.codec), producer)
+        log(f"  produced in {stats.elapsed_s:.1f} s ({stats.rate:,.0f}/s)")
+        return {"events": stats.messages, "bytes": stats.bytes, "seconds": stats.elapsed_s}
+
+    def sandbox(self) -> SandboxServer:
+        server = SandboxServer(
+            tokens=[TOKEN], counter_ids=[COUNTER], limits=SANDBOX_LIMITS, port=0
+        ).start()
+        statuses = parse_status_map(
+            yaml.safe_load(STATUS_MAP_FILE.read_text("utf-8"))
+        ).to_order_statuses()
+        httpx.post(
+            f"{server.url}/cdp/api/v1/counter/{COUNTER}/schema/order_statuses",
+            json={"order_statuses": statuses},
+            headers={"Authorization": f"OAuth {TOKEN}"},
+        ).raise_for_status()
+        return server
+
+    def store_url(self, kind: str, name: str) -> str:
+        if kind == "sqlite":
+            return f"sqlite:///{self.workdir / (name + '.db')}"
+        if self._pg is None:
+            from pgserver import get_server  # type: ignore[attr-defined]  # a dev dependency
+
+            base = Path(tempfile.mkdtemp(prefix="mb-bench-pg-"))
+            base.chmod(0o755)  # as root, postgres runs as its own user
+            self._pg = get_server(base / "pgdata", cleanup_mode="delete")
+        import psycopg
+
+        database = f"bench_{name}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(self._pg.get_uri(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        return str(self._pg.get_uri(database=database))
+
+    def service(
+        self, names: Mapping[EventKind, str], sandbox: SandboxServer, store_url: str, **env: object
+    ) -> ServiceProcess:
+        values = {
+            **BASE_ENV,
+            "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
+            "METRICA_API_URL": sandbox.url,
+            "METRICA_COUNTER_ID": str(COUNTER),
+            "METRICA_TOKEN": TOKEN,
+            "STORE_URL": store_url,
+            "STATUS_MAP_FILE": str(STATUS_MAP_FILE),
+            "TOPIC_LEAD_CREATED": names[EventKind.LEAD_CREATED],
+            "TOPIC_DEAL_STATUS_CHANGED": names[EventKind.DEAL_STATUS_CHANGED],
+            "TOPIC_PAYMENT_RECEIVED": names[EventKind.PAYMENT_RECEIVED],
+            "CONSUMER_GROUP_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
+            **{k.upper(): str(v) for k, v in env.items()},
+        }
+        log_path = self.workdir / f"service-{uuid.uuid4().hex[:6]}.log"
+        return ServiceProcess(values, log_path).start()
+
+    # -- measuring one service run on a backlog ------------------------------------------
+    def drain(
+        self,
+        service: ServiceProcess,
+        sandbox: SandboxServer,
+        expected: int,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+        quiet_s: float = 4.0,
+        timeout_s: float = 3_600,
+    ) -> dict[str, Any]:
+        """Wait for every event to be handled and the uploads to stop; return the timeline."""
+        deadline = time.monotonic() + timeout_s
+        first_fetch: float | None = None
+        cpu_at_first = 0.0
+        while first_fetch is None:
+            if not service.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the service never consumed; see {service.log_path}")
+            try:
+                consumed = total(service.metrics(), "metrica_bridge_events_consumed_total")
+            except httpx.HTTPError:  # not listening yet
+                consumed = 0
+            if consumed > 0:
+                first_fetch = time.time()
+                cpu_at_first = service.cpu_s()
+            else:
+                time.sleep(0.05)
+        uploads_seen, quiet_since = -1, time.monotonic()
+        last_report = 0.0
+        while True:
+            if not service.alive():
+                raise RuntimeError(f"the service died; see {service.log_path}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("timed out draining the backlog")
+            samples = service.metrics()
+            consumed = int(total(samples, "metrica_bridge_events_consumed_total"))
+            in_flight = total(samples, "metrica_bridge_in_flight_events")
+            if on_progress is not None:
+                on_progress(consumed)
+            if time.monotonic() - last_report > 15:
+                last_report = time.monotonic()
+                rss, _ = service.memory()
+                log(
+                    f"  consumed {consumed:,}/{expected:,}, in flight {in_flight:,.0f}, "
+                    f"RSS {rss / 1024:,.0f} MiB"
+                )
+            uploads = len(sandbox.uploads(COUNTER))
+            if uploads != uploads_seen:
+                uploads_seen, quiet_since = uploads, time.monotonic()
+            if (
+                consumed >= expected
+                and in_flight == 0
+                and time.monotonic() - quiet_since >= quiet_s
+            ):
+                break
+            time.sleep(0.5)
+        accepted = [u for u in sandbox.uploads(COUNTER) if u["status"] == "accepted"]
+        last_ack = max(
+            datetime.fromisoformat(u["received_at"].replace("Z", "+00:00")).timestamp()
+            for u in accepted
+        )
+        cpu = service.cpu_s() - cpu_at_first
+        return {"first_fetch": first_fetch, "last_ack": last_ack, "uploads": accepted, "cpu_s": cpu}
+
+    def summarize(
+        self,
+        events: int,
+        timeline: dict[str, Any],
+        samples: Samples,
+        service: ServiceProcess,
+    ) -> dict[str, Any]:
+        seconds = timeline["last_ack"] - timeline["first_fetch"]
+        uploads = timeline["uploads"]
+        requests = by_label(samples, "metrica_bridge_metrica_requests_total", "endpoint", "result")
+        data_requests = sum(
+            v for k, v in requests.items() if k.split("/")[0] in ("contacts", "orders")
+        )
+        records = sum(u["elements_count"] for u in uploads)
+        by_endpoint: dict[str, list[int]] = defaultdict(list)
+        for u in uploads:
+            by_endpoint[u["endpoint"]].append(u["elements_count"])
+        return {
+            "events": events,
+            "seconds": round(seconds, 2),
+            "events_per_s": round(events / seconds, 1) if seconds > 0 else None,
+            "requests": requests,
+            "requests_all": sum(requests.values()),
+            "data_requests": data_requests,
+            "requests_per_10k_events": round(sum(requests.values()) * 10_000 / events, 1),
+            "accepted_uploads": len(uploads),
+            "records_uploaded": records,
+            "records_per_upload": round(records / len(uploads), 1) if uploads else None,
+            "records_per_upload_by_endpoint": {
+                e: round(sum(c) / len(c), 1) for e, c in by_endpoint.items()
+            },
+            "outcomes": by_label(samples, "metrica_bridge_events_processed_total", "outcome"),
+            "peak_rss_mib": round(service.hwm_kib / 1024, 1),
+            # Includes the few idle seconds after the last upload while the drain is confirmed.
+            "service_cpu_s": round(timeline["cpu_s"], 1),
+            "service_cpu_per_event_ms": round(1000 * timeline["cpu_s"] / events, 3),
+        }
+
+    def backlog_run(
+        self,
+        names: Mapping[EventKind, str],
+        events: int,
+        store: str,
+        label: str,
+        *,
+        profile_to: Path | None = None,
+        memory_step: int = 0,
+        **env: object,
+    ) -> dict[str, Any]:
+        sandbox = self.sandbox()
+        service: ServiceProcess | None = None
+        spy: subprocess.Popen[bytes] | None = None
+        marks: dict[int, dict[str, float]] = {}
+
+        def progress(consumed: int) -> None:
+            if memory_step and service is not None:
+                mark = consumed // memory_step * memory_step
+                if mark and mark not in marks:
+                    rss, hwm = service.memory()
+                    marks[mark] = {"rss_mib": round(rss / 1024, 1), "hwm_mib": round(hwm / 1024, 1)}
+
+        try:
+            url = self.store_url(store, label)
+            log(f"{label}: the service ({store}) on a backlog of {events:,} events")
+            service = self.service(names, sandbox, url, **env)
+            if profile_to is not None:
+                spy = start_py_spy(service.pid, profile_to)
+            timeline = self.drain(service, sandbox, events, on_progress=progress)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+                spy = None
+            result = self.summarize(events, timeline, service.metrics(), service)
+            if marks:
+                result["memory_marks"] = marks
+            log(
+                f"  {result['events_per_s']:,} events/s, {result['records_per_upload']} "
+                f"records/upload, peak RSS {result['peak_rss_mib']} MiB"
+            )
+            return result
+        finally:
+            if spy is not None:
+                spy.kill()
+            if service is not None:
+                service.stop()
+            sandbox.stop()
+
+    # -- scenarios -----------------------------------------------------------------------
+    def ceiling(self, names: Mapping[EventKind, str], events: int) -> dict[str, Any]:
+        log("ceiling: raw consumption, then consumption + Avro decoding")
+        raw = consume_all(self.broker.bootstrap, names, events, None)
+        decode = self.codec.decode
+        decoded = consume_all(self.broker.bootstrap, names, events, decode)
+        out = {"consume_only": raw, "consume_and_decode": decoded}
+        log(f"  {raw['events_per_s']:,} msg/s raw, {decoded['events_per_s']:,} with decoding")
+        return out
+
+    def steady(self) -> dict[str, Any]:
+        sizes = self.sizes
+        count = sizes.steady_rate * sizes.steady_s
+        names = self.topics("steady")
+        sandbox = self.sandbox()
+        service: ServiceProcess | None = None
+        first_event_ms: dict[str, int] = {}
+        try:
+            url = self.store_url("sqlite", "steady")
+            service = self.service(names, sandbox, url)
+            service.wait_ready()
+            log(f"steady: {sizes.steady_rate:,} events/s for {sizes.steady_s} s")
+            started_ms = int(time.time() * 1000)
+            # occurred_at runs from now at the produce rate, so occurred_at = produce time.
+            config = SimulationConfig(
+                count=count,
+                seed=7,
+                topics=dict(names),
+                now_ms=started_ms + sizes.steady_s * 1000,
+                span_days=sizes.steady_s / 86_400,
+                clients=20_000,
+            )
+
+            def remember(messages: Iterator[SimulatedMessage]) -> Iterator[SimulatedMessage]:
+                for m in messages:
+                    facts = m.facts or {}
+                    deal = facts.get("deal_id")
+                    if deal is not None and deal not in first_event_ms:
+                        first_event_ms[deal] = int(facts["occurred_at_ms"])
+                    yield m
+
+            with self.producer() as producer:
+                stats = produce(
+                    remember(generate(config, self.codec)), producer, rate=sizes.steady_rate
+                )
+            log(f"  produced {stats.messages:,} in {stats.elapsed_s:.1f} s ({stats.rate:,.0f}/s)")
+            self.drain(service, sandbox, count)
+            samples = service.metrics()
+            buckets = histogram(samples, "metrica_bridge_end_to_end_latency_seconds")
+            linger_s = 2.0  # the default BATCH_LINGER_MS, which this run keeps
+            # Independent of the service's own clock: when each deal's order first showed up
+            # in the sandbox, minus the deal's first event (= when it was produced).
+            first_seen = []
+            for order in sandbox.orders(COUNTER):
+                history = order.get("history") or []
+                start = first_event_ms.get(order["id"])
+                if history and start is not None:
+                    seen = datetime.fromisoformat(history[0]["received_at"].replace("Z", "+00:00"))
+                    first_seen.append(seen.timestamp() - start / 1000)
+            result = {
+                "rate": sizes.steady_rate,
+                "seconds": sizes.steady_s,
+                "produced": stats.messages,
+                "produce_rate": round(stats.rate, 1),
+                "linger_s": linger_s,
+                "histogram": buckets,
+                "p50_s": quantile(buckets, 0.5),
+                "p90_s": quantile(buckets, 0.9),
+                "p99_s": quantile(buckets, 0.99),
+                "share_within_linger_plus_1s": share_at_most(buckets, linger_s + 1),
+                "order_first_seen_s": percentiles(first_seen),
+                "requests_per_10k_events": round(
+                    total(samples, "metrica_bridge_metrica_requests_total") * 10_000 / count, 1
+                ),
+                "outcomes": by_label(samples, "metrica_bridge_events_processed_total", "outcome"),
+                "peak_rss_mib": round(service.hwm_kib / 1024, 1),
+            }
+            log(
+                f"  latency p50 {result['p50_s']}, p99 {result['p99_s']} s (histogram); "
+                f"order first seen {result['order_first_seen_s']}"
+            )
+            return result
+        finally:
+            if service is not None:
+                service.stop()
+            sandbox.stop()
+            self.drop_topics(names)
+
+
+def consume_all(
+    bootstrap: str,
+    names: Mapping[EventKind, str],
+    expected: int,
+    decode: Callable[[bytes], object] | None,
+) -> dict[str, Any]:
+    """Read every partition from the start without a group (no join wait), timing from the first
+    message to the last."""
+    partitions = list_topics(bootstrap)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-ceiling-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": "false",
+            "fetch.wait.max.ms": "100",
+        }
+    )
+    consumer.assign(
+        [
+            TopicPartition(name, p, OFFSET_BEGINNING)
+            for name in names.values()
+            for p in range(partitions[name])
+        ]
+    )
+    count = 0
+    first: float | None = None
+    deadline = time.monotonic() + 600
+    try:
+        while count < expected and time.monotonic() < deadline:
+            for message in consumer.consume(10_000, timeout=0.5):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(error.str())
+                if first is None:
+                    first = time.perf_counter()
+                if decode is not None:
+                    decode(message.value())  # type: ignore[arg-type]
+                count += 1
+        last = time.perf_counter()
+    finally:
+        consumer.close()
+    seconds = last - (first or last)
+    return {
+        "events": count,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(count / seconds, 1) if seconds else None,
+    }
+
+
+# -- profiling -------------------------------------------------------------------------------
+
+
+def start_py_spy(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(binary).exists():
+        log("  py-spy not found (pip install py-spy): no profile")
+        return None
+    return subprocess.Popen(
+        [
+            binary,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--rate",
+            "50",
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+AREAS: tuple[tuple[str, str], ...] = (
+    ("confluent_kafka", "kafka client (confluent_kafka)"),
+    ("fastavro", "avro decoding (fastavro)"),
+    ("metrica_bridge/codec/", "metrica_bridge.codec"),
+    ("sqlite3", "sqlite3"),
+    ("psycopg", "psycopg"),
+    ("metrica_bridge/store/", "metrica_bridge.store"),
+    ("httpx", "http client (httpx/httpcore)"),
+    ("httpcore", "http client (httpx/httpcore)"),
+    ("json/", "json"),
+    ("structlog", "logging (structlog/logging)"),
+    ("logging/", "logging (structlog/logging)"),
+    ("metrica_bridge/logs", "logging (structlog/logging)"),
+    ("prometheus_client", "prometheus_client"),
+    ("pydantic", "pydantic"),
+    ("metrica_bridge/engine/", "metrica_bridge.engine"),
+    ("metrica_bridge/steps/", "metrica_bridge.steps"),
+    ("metrica_bridge/metrica/", "metrica_bridge.metrica"),
+    ("metrica_bridge/events", "metrica_bridge.events (parse/validate)"),
+    ("metrica_bridge/normalize", "metrica_bridge.normalize"),
+    ("asyncio/", "asyncio machinery"),
+)
+
+
+def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
+    """Self time per function and inclusive time per area, from py-spy's collapsed stacks."""
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    samples = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        samples += count
+        frames = stack.split(";")
+        threads[frames[0] if frames[0].startswith("thread") else "main"] += count
+        leaf = frames[-1]
+        self_time[_frame(leaf)] += count
+        seen = set()
+        for frame in frames:
+            for needle, area in AREAS:
+                if needle in frame:
+                    seen.add(area)
+                    break
+        for area in seen:
+            inclusive[area] += count
+    if not samples:
+        return {"samples": 0}
+    return {
+        "samples": samples,
+        "self_top": [(f, round(100 * c / samples, 1)) for f, c in self_time.most_common(top)],
+        "inclusive_by_area": [(a, round(100 * c / samples, 1)) for a, c in inclusive.most_common()],
+    }
+
+
+def _frame(frame: str) -> str:
+    """``func (path/to/module.py:123)`` → ``func (module.py)``."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    parts = where.split("/")
+    short = "/".join(parts[-2:]) if len(parts) > 1 else where
+    return f"{name} ({short})"
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": round(mem_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    parser.add_argument("--only", action="append", choices=SCENARIOS, help="repeatable")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results file")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, stores)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting for every run (e.g. WORKER_CONCURRENCY=256); repeatable",
+    )
+    args = parser.parse_args(argv)
+    for item in args.env:
+        name, _, value = item.partition("=")
+        BASE_ENV[name.upper()] = value
+    wanted = args.only or list(SCENARIOS)
+    sizes = QUICK if args.quick else FULL
+    workdir = Path(tempfile.mkdtemp(prefix="mb-bench-"))
+    workdir.chmod(0o755)
+    out = args.out or workdir / "results.json"
+    started = time.time()
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]),
+        "sizes": sizes.__dict__,
+        "service_env": BASE_ENV,
+    }
+
+    def save() -> None:
+        results["elapsed_s"] = round(time.time() - started, 1)
+        out.write_text(json.dumps(results, indent=2, default=str))
+
+    log(f"work dir {workdir}; results → {out}")
+    try:
+        with Bench(sizes, workdir) as bench:
+            if {"ceiling", "sqlite", "postgres"} & set(wanted):
+                names = bench.topics("backlog")
+                results["backlog_produce"] = bench.produce(names, sizes.backlog, seed=11)
+                if "ceiling" in wanted:
+                    results["ceiling"] = bench.ceiling(names, sizes.backlog)
+                    save()
+                for store in ("sqlite", "postgres"):
+                    if store in wanted:
+                        results[store] = bench.backlog_run(names, sizes.backlog, store, store)
+                        save()
+                bench.drop_topics(names)
+            if "naive" in wanted:
+                names = bench.topics("naive")
+                bench.produce(names, sizes.naive, seed=13)
+                results["naive"] = bench.backlog_run(
+                    names,
+                    sizes.naive,
+                    "sqlite",
+                    "naive",
+                    batch_max_records=1,
+                    batch_linger_ms=0,
+                    worker_concurrency=1,
+                    metrica_requests_per_second=30,  # Metrica's own cap: the best naive can do
+                )
+                bench.drop_topics(names)
+                save()
+            if "steady" in wanted:
+                results["steady"] = bench.steady()
+                save()
+            if "profile" in wanted:
+                names = bench.topics("profile")
+                bench.produce(names, sizes.profile, seed=17)
+                raw = workdir / "profile.txt"
+                run = bench.backlog_run(names, sizes.profile, "sqlite", "profile", profile_to=raw)
+                run["profile"] = summarize_profile(raw) if raw.exists() else {}
+                results["profile"] = run
+                bench.drop_topics(names)
+                save()
+            if "memory" in wanted:
+                names = bench.topics("memory")
+                results["memory_produce"] = bench.produce(names, sizes.memory, seed=19)
+                results["memory"] = bench.backlog_run(
+                    names, sizes.memory, "sqlite", "memory", memory_step=sizes.memory_step
+                )
+                bench.drop_topics(names)
+                save()
+    finally:
+        save()
+        if not args.keep:
+            for path in workdir.iterdir():
+                if path.suffix in (".db", ".db-wal", ".db-shm"):
+                    path.unlink(missing_ok=True)
+    print(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
