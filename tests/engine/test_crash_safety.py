@@ -31,12 +31,16 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
         batch_max_records=40,
         batch_linger_ms=100,
         commit_interval_ms=100,
+        # About 4 uploads a second: each phase takes several seconds, so kills land mid-stream.
+        metrica_requests_per_second=4,
     )
 
-    def crash_once() -> None:
+    def crash_once(total: int) -> None:
         service = ServiceProcess(env, log).start()
-        time.sleep(rng.uniform(4.0, 6.0))  # includes ~3 s to join the groups
+        time.sleep(rng.uniform(5.0, 7.0))  # includes ~3 s to join the groups
         service.kill()
+        done = sum(map(len, crm.histories(sandbox.orders(COUNTER)).values()))
+        kills.append((done, total))
 
     def settle(expected: dict[str, list[str]]) -> dict[str, list[str]]:
         service = ServiceProcess(env, log).start()
@@ -53,15 +57,19 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(
 
     # Leads first (one crash among them): the lead must create each order before its
     # status walk, or the lead's initial status is rightly stale and the history differs.
+    kills: list[tuple[int, int]] = []
     crm.produce(bootstrap, names, stream, statuses=False)
-    crash_once()
+    crash_once(len(stream.expected))
     created = settle({deal: ["new"] for deal in stream.expected})
     assert created == {deal: ["new"] for deal in stream.expected}
 
     crm.produce(bootstrap, names, stream, leads=False)
-    crash_once()
-    crash_once()
+    total = sum(map(len, stream.expected.values()))
+    crash_once(total)
+    crash_once(total)
     got = settle(stream.expected)
+    # Each kill landed mid-stream: some of the phase was in Metrica, not all of it.
+    assert all(0 < done < total for done, total in kills[:2]), kills
     wrong = {d: (got.get(d), h) for d, h in stream.expected.items() if got.get(d) != h}
     assert not wrong, f"{len(wrong)} orders differ, e.g. {list(wrong.items())[:3]}"
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from metrica_bridge.kafka.broker import free_port
 from tests.support.kafka import TEST_CONSUMER_PROPERTIES
 
@@ -94,8 +96,17 @@ class ServiceProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
+    def answering(self) -> bool:
+        """``/healthz`` answers: the process is past start-up and handles SIGTERM itself."""
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=2).is_success
+        except httpx.HTTPError:
+            return False
+
     def terminate(self, timeout: float = 60) -> int:
         assert self.proc is not None
+        # A signal that lands before the handlers are installed kills the process outright.
+        wait_until(lambda: self.answering() or not self.alive(), 30, "the service to start")
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
