@@ -41,6 +41,9 @@ CONSUMER_DEFAULTS: dict[str, str] = {
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
     "statistics.interval.ms": "5000",
+    # librdkafka prefetches up to 64 MiB per consumer by default; the engine, not the fetch, is
+    # the bottleneck, so a smaller queue only saves memory (override: KAFKA_QUEUED_MAX_MESSAGES_KBYTES).
+    "queued.max.messages.kbytes": "16384",
 }
 
 RevokeFn = Callable[[list[TP]], Awaitable[Mapping[TP, int]]]
