@@ -9,6 +9,7 @@ per-key scheduler of their topic, behind live events of the same deal.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -80,6 +81,7 @@ class ParkSweeper:
         identities = await asyncio.to_thread(store.identities, {p.client_uniq_id for p in taken})
         released = expired = 0
         for parked in taken:
+            runner = self._runners[parked.topic]
             identity = identities.get(parked.client_uniq_id)
             source = _source(parked)
             if identity is not None and identity.has_identifier():
@@ -89,12 +91,16 @@ class ParkSweeper:
                     # leaves with the next upload instead of lingering again (which capped
                     # releases at one batch per linger under a backlog).
                     again = Parsed(outcome.source, outcome.event, 0.0, released=True)
-                    self._runners[parked.topic].submit_released(again)
+                    runner.submit_released(
+                        parked.deal_id, source, functools.partial(self._pipeline.handle, again)
+                    )
                     EVENTS_RELEASED.labels(topic=parked.topic).inc()
                     released += 1
                     continue
             expired += 1
-            asyncio.create_task(self._unattributable(parked, source))  # noqa: RUF006
+            runner.submit_released(
+                parked.deal_id, source, functools.partial(self._unattributable, parked, source)
+            )
         log.info("park sweep", released=released, unattributable=expired)
         return len(taken)
 

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
 
 from metrica_bridge.codec import SchemaUnavailable
 from metrica_bridge.config import Settings
@@ -26,6 +27,7 @@ from metrica_bridge.steps.dlq import SourceRecord
 
 log = get_logger("metrica_bridge.engine.runner")
 
+Step = Callable[[], Coroutine[Any, Any, None]]
 RETRY_INFRA_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -115,24 +117,40 @@ class TopicRunner:
         if not self._paused and self.tracker.in_flight() >= self.settings.max_in_flight_events:
             self._set_paused(True)
 
-    def submit_released(self, parsed: Parsed) -> None:
-        """A parked event whose identity arrived: ordered behind live events of its deal."""
-        key = parsed.event.key
-        tp = (parsed.source.topic, -1)  # not tracked: its offset was committed when parked
-        self.scheduler.submit(Job(key, tp, functools.partial(self._run, parsed.source, parsed)))
+    def submit_released(self, key: str, source: SourceRecord, step: Step) -> None:
+        """Work on a parked event (released, or expired to the DLQ): ordered behind live events
+        of its deal, retried like them, drained on stop; not tracked, since its offset was
+        committed when it was parked."""
+        job = functools.partial(self._retrying, source, step, lambda: None)
+        self.scheduler.submit(Job(key, (source.topic, -1), job))
 
-    async def _run(self, record: SourceRecord, parsed: Parsed | tuple[object, str] | None) -> None:
+    async def _run(
+        self, record: SourceRecord, parsed: Parsed | tuple[ErrorClass, str] | None
+    ) -> None:
+        async def step() -> None:
+            nonlocal parsed
+            if parsed is None:  # the registry was unavailable when it arrived
+                parsed = self.pipeline.parse(record)
+            if isinstance(parsed, Parsed):
+                await self.pipeline.handle(parsed)
+            else:
+                error_class, reason = parsed
+                await self.pipeline.dead_letter(record, error_class, reason, None)
+
+        def event_id() -> str | None:
+            return parsed.event.event_id if isinstance(parsed, Parsed) else None
+
+        await self._retrying(record, step, event_id)
+        self.tracker.complete(record.topic, record.partition, record.offset)
+
+    async def _retrying(
+        self, record: SourceRecord, step: Step, event_id: Callable[[], str | None]
+    ) -> None:
         attempt = 0
         while True:
             try:
-                if parsed is None:  # the registry was unavailable when it arrived
-                    parsed = self.pipeline.parse(record)
-                if isinstance(parsed, Parsed):
-                    await self.pipeline.handle(parsed)
-                else:
-                    error_class, reason = parsed
-                    await self.pipeline.dead_letter(record, error_class, reason, None)  # type: ignore[arg-type]
-                break
+                await step()
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -147,7 +165,7 @@ class TopicRunner:
                 attempt += 1
                 log.error(
                     "event handling failed; retrying",
-                    event_id=parsed.event.event_id if isinstance(parsed, Parsed) else None,
+                    event_id=event_id(),
                     topic=record.topic,
                     partition=record.partition,
                     offset=record.offset,
@@ -155,8 +173,6 @@ class TopicRunner:
                     retry_in_s=delay,
                 )
                 await asyncio.sleep(delay)
-        if record.partition >= 0 and not (isinstance(parsed, Parsed) and parsed.released):
-            self.tracker.complete(record.topic, record.partition, record.offset)
 
     # -- group membership ----------------------------------------------------------------------
     async def _on_assign(self, tps: list[TopicPartition]) -> None:
