@@ -120,7 +120,9 @@ def _event_id(value: bytes | None) -> str:
 def _ledger_count(db: Path) -> int:
     try:
         with sqlite3.connect(db) as conn:
-            return int(conn.execute("SELECT count(*) FROM ledger").fetchone()[0])
+            # Poison without a readable event id is ledgered by position ("@topic:partition:offset").
+            query = "SELECT count(*) FROM ledger WHERE event_id NOT LIKE '@%'"
+            return int(conn.execute(query).fetchone()[0])
     except sqlite3.Error:
         return 0
 

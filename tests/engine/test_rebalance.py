@@ -25,6 +25,10 @@ def test_join_and_leave_mid_stream(
         status_map=status_map,
         batch_max_records=30,
         worker_concurrency=8,
+        # On tansu 0.6 a member joining a cooperative-sticky group never gets its second-round
+        # (incremental) assignment; the eager protocol hands over reliably. Production keeps
+        # cooperative-sticky (docs/decisions.md); the engine's revocation path is the same.
+        kafka_partition_assignment_strategy="range",
     )
     first = ServiceProcess(env, tmp_path / "first.log").start()
     crm.produce(bootstrap, names, stream, statuses=False)
