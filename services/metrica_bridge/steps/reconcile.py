@@ -67,6 +67,10 @@ class Reconciler:
         since, until = intent.started_at - SKEW, intent.started_at + WINDOW
         deadline = datetime.now(UTC) + SETTLE
         while True:
+            # Uploads first, then our own records of them: every upload in the list had its
+            # intent written before it was sent, so reading the intents afterwards finds it
+            # either still open (a rival) or resolved (known) — never unaccounted for.
+            uploads = await self._client.last_uploadings(limit=1000)
             same_size = [
                 other
                 for other in await asyncio.to_thread(
@@ -77,7 +81,6 @@ class Reconciler:
             rivals = [o for o in same_size if o.owner != intent.owner]
             siblings = [o.intent_id for o in same_size if o.owner == intent.owner]
             known = await asyncio.to_thread(self._store.known_uploads, since - WINDOW)
-            uploads = await self._client.last_uploadings(limit=1000)
             candidates: list[tuple[datetime, str]] = []
             ambiguous = False
             for upload in uploads:
