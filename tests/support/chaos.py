@@ -318,25 +318,37 @@ def run_scenario(
             )
             fleet.note("settled" if settled else "settle timeout", "before the replay")
             settings = _replay_settings(bootstrap, names, env["CONSUMER_GROUP_PREFIX"])
-            for dlq in dlqs:
-                try:
-                    summary = replay(
-                        settings,
-                        ReplayOptions(dlq, error_classes=frozenset({"retry_exhausted"})),
+            # As the runbook says: replay, let it settle, and replay again until a round finds
+            # nothing new (an event can exhaust its retries while the first round is reading).
+            for round_ in range(1, REPLAY_ROUNDS + 1):
+                replayed = 0
+                for dlq in dlqs:
+                    try:
+                        summary = replay(
+                            settings,
+                            ReplayOptions(dlq, error_classes=frozenset({"retry_exhausted"})),
+                        )
+                    except ReplayError as exc:
+                        replay_errors.append(f"{dlq}: {exc}")
+                        fleet.note("replay failed", f"{_short(dlq)}.dlq: {exc}")
+                        continue
+                    replays.append(summary)
+                    replayed += summary.replayed
+                    fleet.note(
+                        "replay",
+                        f"round {round_}, {_short(dlq)}.dlq: {summary.replayed} re-published",
                     )
-                except ReplayError as exc:
-                    replay_errors.append(f"{dlq}: {exc}")
-                    fleet.note("replay failed", f"{_short(dlq)}.dlq: {exc}")
-                    continue
-                replays.append(summary)
-                fleet.note("replay", f"{_short(dlq)}.dlq: {summary.replayed} re-published")
-            progress(f"[{clock():.0f}s] replayed; waiting for the replayed events")
-            settled = _wait(
-                lambda: _recorded(postgres_url, expected_ids, retry_exhausted_ok=False),
-                profile.settle_s,
-                fleet,
-            )
-            fleet.note("settled" if settled else "settle timeout", "after the replay")
+                if round_ > 1 and replayed == 0:
+                    break
+                progress(f"[{clock():.0f}s] replayed; waiting for the replayed events")
+                settled = _wait(
+                    lambda: _recorded(postgres_url, expected_ids, retry_exhausted_ok=False),
+                    profile.settle_s,
+                    fleet,
+                )
+                fleet.note(
+                    "settled" if settled else "settle timeout", f"after replay round {round_}"
+                )
         finally:
             fleet.stop()
             fleet.note("stop", "every instance got SIGTERM")
@@ -429,6 +441,9 @@ def _sleep_until(clock: Callable[[], float], at_s: float, fleet: Fleet) -> None:
     while clock() < at_s:
         fleet.supervise()
         time.sleep(min(0.5, max(0.0, at_s - clock())))
+
+
+REPLAY_ROUNDS = 3
 
 
 def _replay_settings(bootstrap: str, names: dict[str, str], prefix: str) -> Settings:
