@@ -144,7 +144,7 @@ class Service:
             for task in background:
                 task.cancel()
             await batcher.close()
-            await asyncio.to_thread(producer.close, 10.0)
+            await asyncio.to_thread(producer.close, 5.0)
             await client.aclose()
             log.info("stopped", drained_in_s=round(time.monotonic() - started, 2))
         finally:
@@ -213,7 +213,7 @@ def run_service(settings: Settings, kinds: Sequence[EventKind] | None = None) ->
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
-        done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout_s + 10)
+        done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout_s + 15)
         if not done:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

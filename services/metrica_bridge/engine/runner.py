@@ -49,6 +49,7 @@ class TopicRunner:
         self._consumer: ConsumerThread | None = None
         self._paused = False
         self._stopping = False
+        self._drain_deadline = 0.0  # monotonic; set by stop(): one budget for the whole drain
         self._commit_task: asyncio.Task[None] | None = None
         self.assigned: set[TopicPartition] = set()
 
@@ -75,8 +76,9 @@ class TopicRunner:
         self._commit_task = asyncio.create_task(self._commit_loop(), name=f"commit:{self.topic}")
 
     async def stop(self) -> None:
-        """Stop fetching, drain (bounded), commit, leave the group."""
+        """Stop fetching, drain (within SHUTDOWN_TIMEOUT_S in all), commit, leave the group."""
         self._stopping = True
+        self._drain_deadline = time.monotonic() + self.settings.shutdown_timeout_s
         if self._consumer is not None:
             await self._consumer.stop()
         # Released parked events belong to no partition, so revocation did not drain them:
@@ -85,7 +87,7 @@ class TopicRunner:
         self.scheduler.drop_queued(released)
         tasks = self.scheduler.running_tasks(released)
         if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout_s)
+            _done, pending = await asyncio.wait(tasks, timeout=self._drain_left())
             for task in pending:
                 task.cancel()
             await asyncio.wait(tasks, timeout=5)
@@ -93,6 +95,9 @@ class TopicRunner:
             self._commit_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._commit_task
+
+    def _drain_left(self) -> float:
+        return max(0.1, self._drain_deadline - time.monotonic())
 
     def healthy(self) -> bool:
         return self._consumer is not None and self._consumer.alive() and not self._consumer.fatal
@@ -185,7 +190,8 @@ class TopicRunner:
         tasks = self.scheduler.running_tasks(revoked)
         if tasks:
             self.pipeline.batcher.flush_soon()
-            _done, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_timeout_s)
+            timeout = self._drain_left() if self._stopping else self.settings.shutdown_timeout_s
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 task.cancel()  # abandoned: uncommitted, so the next owner handles it
             if pending:
