@@ -66,7 +66,7 @@ class Settings(BaseModel):
     # Tuning knobs of our own (documented in the README's configuration table).
     create_topics: bool = True
     hash_identifiers: bool = False
-    worker_concurrency: int = Field(default=5_000, ge=1)
+    worker_concurrency: int = Field(default=20_000, ge=1)
     max_in_flight_events: int = Field(default=20_000, ge=1)
     batch_max_records: int = Field(default=1_000, ge=1)
     batch_max_bytes: int = Field(default=2_000_000, ge=1_000)
@@ -78,6 +78,7 @@ class Settings(BaseModel):
     retry_budget_s: float = Field(default=300.0, ge=0)
     retry_max_attempts: int = Field(default=12, ge=1)
     park_max_wait_s: float = Field(default=3_600.0, ge=0)
+    align_max_wait_s: float = Field(default=30.0, ge=0)
     commit_interval_ms: int = Field(default=1_000, ge=10)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     ledger_retention_days: int = Field(default=30, ge=1)

@@ -13,8 +13,9 @@ from zoneinfo import ZoneInfo
 
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import ConfigError, Settings
+from metrica_bridge.engine.align import Alignment
 from metrica_bridge.engine.parking import ParkSweeper
-from metrica_bridge.engine.pipeline import CLAIM_LEASE_S, LEASE_RENEW_S, Pipeline
+from metrica_bridge.engine.pipeline import CLAIM_LEASE_S, LEASE_RENEW_S, Batching, Pipeline
 from metrica_bridge.engine.runner import TopicRunner
 from metrica_bridge.events import EventKind
 from metrica_bridge.health import HealthServer
@@ -27,7 +28,6 @@ from metrica_bridge.metrica.errors import RetryExhausted, SetupError
 from metrica_bridge.metrica.quota import QuotaGovernor
 from metrica_bridge.metrica.status_map import load_status_map
 from metrica_bridge.metrics import QUOTA_REMAINING
-from metrica_bridge.steps.batch import Batcher
 from metrica_bridge.steps.dlq import DeadLetters, dlq_topic
 from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.steps.send import Sender
@@ -103,25 +103,32 @@ class Service:
             producer = Producer.from_settings(s)
             owner = f"mb-{uuid.uuid4().hex[:12]}"
             sender = Sender(client, self.store, owner, on_setup_error=self._on_setup_error)
-            batcher = Batcher(
-                sender,
-                max_records=s.batch_max_records,
-                max_bytes=s.batch_max_bytes,
-                linger_s=s.batch_linger_ms / 1000,
-                linger_factor=client.governor.linger_factor,
-            )
             pipeline = Pipeline(
                 store=self.store,
                 codec=codec,
                 statuses=statuses,
-                batcher=batcher,
+                send=sender,
+                batching=Batching(
+                    max_records=s.batch_max_records,
+                    max_bytes=s.batch_max_bytes,
+                    linger_s=s.batch_linger_ms / 1000,
+                    linger_factor=client.governor.linger_factor,
+                ),
                 dead_letters=DeadLetters(producer),
                 timezone=timezone,
                 topics=s.topics(),
                 hash_identifiers=s.hash_identifiers,
                 owner=owner,
                 reconciler=Reconciler(self.store, client, ZoneInfo(timezone)),
+                concurrency=s.worker_concurrency,
+                alignment=Alignment(
+                    [s.topics()[kind] for kind in EventKind if kind in self.kinds],
+                    margin_s=_fetch_wait_s(s.kafka_common()) + 0.1,
+                    max_hold_s=s.align_max_wait_s,
+                ),
             )
+            pipeline.start()
+            batcher = pipeline.batcher
             for kind in self.kinds:
                 topic = s.topics()[kind]
                 self.runners[topic] = TopicRunner(
@@ -129,7 +136,7 @@ class Service:
                 )
             for runner in self.runners.values():
                 await runner.start()
-            sweeper = ParkSweeper(pipeline, self.runners, max_wait_s=s.park_max_wait_s)
+            sweeper = ParkSweeper(pipeline, list(self.runners), max_wait_s=s.park_max_wait_s)
             background = [
                 asyncio.create_task(sweeper.run(), name="park-sweeper"),
                 asyncio.create_task(self._housekeeping(client, pipeline), name="housekeeping"),
@@ -143,7 +150,7 @@ class Service:
             await asyncio.gather(*(r.stop() for r in self.runners.values()))
             for task in background:
                 task.cancel()
-            await batcher.close()
+            await pipeline.close()
             await asyncio.to_thread(producer.close, 5.0)
             await client.aclose()
             log.info("stopped", drained_in_s=round(time.monotonic() - started, 2))
@@ -198,6 +205,14 @@ class Service:
             except Exception as exc:
                 log.warning("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(LEASE_RENEW_S)
+
+
+def _fetch_wait_s(kafka: dict[str, str]) -> float:
+    """How long a fetch may wait at a partition's end (librdkafka's default: 500 ms)."""
+    try:
+        return int(kafka.get("fetch.wait.max.ms", "500")) / 1000
+    except ValueError:
+        return 0.5
 
 
 def run_service(settings: Settings, kinds: Sequence[EventKind] | None = None) -> None:

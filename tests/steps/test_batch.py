@@ -1,31 +1,69 @@
 """The batcher: count, bytes and linger; one id per upload; acks complete exactly their records;
-Nagle's rule keeps uploads large under a backlog."""
+Nagle's rule keeps uploads large under a backlog; every record of an upload is settled."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
 
 from metrica_bridge.steps.batch import Ack, Batcher, Endpoint, Pending
 
 
 class Recorder:
+    """A fake Metrica: acknowledges every upload after ``delay``."""
+
     def __init__(self, delay: float = 0.0) -> None:
         self.batches: list[tuple[Endpoint, list[str]]] = []
+        self.bodies: list[bytes] = []
         self.delay = delay
 
     async def __call__(self, endpoint: Endpoint, batch: list[Pending]) -> None:
         self.batches.append((endpoint, [p.record_id for p in batch]))
+        self.bodies.append(b"[" + b",".join(p.encoded for p in batch) + b"]")
         await asyncio.sleep(self.delay)
         ack = Ack(f"u{len(self.batches)}", len(batch), time.time())
         for pending in batch:
-            for future in pending.futures:
-                future.set_result(ack)
+            pending.result = ack
+
+
+class Waiting:
+    """The batcher with a future per submitted record, resolved when its upload settles."""
+
+    def __init__(self, send: Any, **limits: Any) -> None:
+        self.settled: list[tuple[Endpoint, list[str]]] = []
+        self.batcher = Batcher(send, on_settled=self._settled, **limits)
+
+    def _settled(self, endpoint: Endpoint, batch: list[Pending]) -> None:
+        self.settled.append((endpoint, [p.record_id for p in batch]))
+        for pending in batch:
+            for future in pending.waiters:
+                if isinstance(pending.result, Ack):
+                    future.set_result(pending.result)
+                else:
+                    future.set_exception(pending.result)
+
+    def deadline(self, consumed_at: float | None = None) -> float:
+        return self.batcher.deadline(consumed_at)
+
+    async def submit(
+        self, endpoint: Endpoint, record_id: str, record: dict[str, Any], deadline: float
+    ) -> Ack:
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self.batcher.submit(endpoint, record_id, record, deadline, future)
+        return await future
+
+    def flush_soon(self) -> None:
+        self.batcher.flush_soon()
+
+    async def close(self) -> None:
+        await self.batcher.close()
 
 
 async def test_flushes_on_count_and_on_linger() -> None:
     sent = Recorder()
-    batcher = Batcher(sent, max_records=3, max_bytes=10**6, linger_s=0.05)
+    batcher = Waiting(sent, max_records=3, max_bytes=10**6, linger_s=0.05)
     now = time.monotonic()
     acks = await asyncio.gather(
         *(
@@ -40,7 +78,7 @@ async def test_flushes_on_count_and_on_linger() -> None:
 
 async def test_flushes_on_bytes_and_never_exceeds_them() -> None:
     sent = Recorder()
-    batcher = Batcher(sent, max_records=100, max_bytes=1_000, linger_s=30)
+    batcher = Waiting(sent, max_records=100, max_bytes=1_000, linger_s=30)
     big = {"pad": "x" * 400}  # ~411 bytes each
     deadline = batcher.deadline()
     tasks = [
@@ -58,7 +96,7 @@ async def test_flushes_on_bytes_and_never_exceeds_them() -> None:
 
 async def test_one_order_id_per_upload_and_contacts_coalesce() -> None:
     sent = Recorder()
-    batcher = Batcher(sent, max_records=10, max_bytes=10**6, linger_s=0.02)
+    batcher = Waiting(sent, max_records=10, max_bytes=10**6, linger_s=0.02)
     d = batcher.deadline()
     await asyncio.gather(
         batcher.submit(Endpoint.ORDERS, "o1", {"v": 1}, d),
@@ -76,7 +114,7 @@ async def test_one_order_id_per_upload_and_contacts_coalesce() -> None:
 async def test_overdue_records_wait_for_the_upload_in_flight() -> None:
     """Under a backlog every record is already due; uploads must still grow."""
     sent = Recorder(delay=0.05)
-    batcher = Batcher(sent, max_records=1_000, max_bytes=10**7, linger_s=0.0)
+    batcher = Waiting(sent, max_records=1_000, max_bytes=10**7, linger_s=0.0)
     overdue = time.monotonic() - 1
 
     tasks = []
@@ -87,4 +125,52 @@ async def test_overdue_records_wait_for_the_upload_in_flight() -> None:
         await asyncio.sleep(0.001)
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
     assert len(sent.batches) < 20, [len(ids) for _, ids in sent.batches]
+    await batcher.close()
+
+
+async def test_a_failed_upload_settles_every_record_with_its_error() -> None:
+    async def broken(endpoint: Endpoint, batch: list[Pending]) -> None:
+        raise ConnectionError("the store went away")
+
+    batcher = Waiting(broken, max_records=10, max_bytes=10**6, linger_s=0.0)
+    d = batcher.deadline()
+    results = await asyncio.gather(
+        batcher.submit(Endpoint.ORDERS, "o1", {"v": 1}, d),
+        batcher.submit(Endpoint.ORDERS, "o2", {"v": 2}, d),
+        return_exceptions=True,
+    )
+    assert [type(r) for r in results] == [ConnectionError, ConnectionError]
+    assert batcher.settled == [(Endpoint.ORDERS, ["o1", "o2"])]
+    await batcher.close()
+
+
+async def test_records_are_encoded_once_and_the_body_is_valid_json() -> None:
+    sent = Recorder()
+    batcher = Waiting(sent, max_records=10, max_bytes=10**6, linger_s=0.0)
+    d = batcher.deadline()
+    record = {"id": "D-1", "name": "Иван", "revenue": 12.5}
+    await asyncio.gather(
+        batcher.submit(Endpoint.ORDERS, "o1", record, d),
+        batcher.submit(Endpoint.ORDERS, "o2", {"id": "D-2"}, d),
+    )
+    assert json.loads(sent.bodies[0]) == [record, {"id": "D-2"}]
+    assert "Иван".encode() in sent.bodies[0]  # UTF-8, not \u escapes: sizes are real bytes
+    await batcher.close()
+
+
+async def test_a_waiter_joins_a_contact_already_waiting() -> None:
+    sent = Recorder()
+    waiters: list[list[Any]] = []
+
+    def settled(endpoint: Endpoint, batch: list[Pending]) -> None:
+        waiters.extend(p.waiters for p in batch)
+
+    batcher = Batcher(sent, on_settled=settled, max_records=10, max_bytes=10**6, linger_s=0.05)
+    first = batcher.submit(Endpoint.CONTACTS, "c1", {"v": 1}, batcher.deadline(), "a")
+    second = batcher.submit(Endpoint.CONTACTS, "c1", {"v": 2}, batcher.deadline(), "b")
+    assert second is first  # merged: one record, the newer version, both waiters
+    first.waiters.append("c")
+    await asyncio.sleep(0.2)
+    assert waiters == [["a", "b", "c"]]
+    assert json.loads(sent.bodies[0]) == [{"v": 2}]
     await batcher.close()

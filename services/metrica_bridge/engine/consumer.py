@@ -44,11 +44,19 @@ CONSUMER_DEFAULTS: dict[str, str] = {
     # librdkafka prefetches up to 64 MiB per consumer by default; the engine, not the fetch, is
     # the bottleneck, so a smaller queue only saves memory (override: KAFKA_QUEUED_MAX_MESSAGES_KBYTES).
     "queued.max.messages.kbytes": "16384",
+    # Fetch every partition in small slices (librdkafka's default is 1 MiB, ~7,000 events, per
+    # partition), so a consumer holding its in-flight limit has read all its partitions evenly:
+    # event-time alignment (engine/align.py) waits for the slowest partition of each topic.
+    "max.partition.fetch.bytes": "131072",
+    # The end of a partition is news to the engine: a lead partition at its end holds no deal
+    # event back (engine/align.py).
+    "enable.partition.eof": "true",
 }
 
 RevokeFn = Callable[[list[TP]], Awaitable[Mapping[TP, int]]]
 AssignFn = Callable[[list[TP]], Awaitable[None]]
-RecordsFn = Callable[[list[SourceRecord]], None]
+RecordsFn = Callable[[list[SourceRecord], list[TP]], None]
+"""Records in partition order, and the partitions whose end they reached (nothing after)."""
 
 
 @dataclass(slots=True)
@@ -141,10 +149,18 @@ class ConsumerThread:
                     self._paused = paused
                     self._apply_pause(list(self._assignment))
                 messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
-                records = [r for m in messages if (r := self._record(m)) is not None]
-                if records:
+                records: list[SourceRecord] = []
+                at_end: dict[TP, None] = {}
+                for message in messages:
+                    record = self._record(message)
+                    if record is not None:
+                        at_end.pop((record.topic, record.partition), None)
+                        records.append(record)
+                    elif _at_end(message):
+                        at_end[(message.topic() or "", message.partition() or 0)] = None
+                if records or at_end:
                     self._taken.clear()
-                    self._loop.call_soon_threadsafe(self._hand_over, records)
+                    self._loop.call_soon_threadsafe(self._hand_over, records, list(at_end))
                     while not self._taken.wait(0.1) and not self._stop.is_set():
                         pass
         except Exception as exc:  # surfaced to the engine through `fatal`
@@ -158,9 +174,9 @@ class ConsumerThread:
             self._serve_commands(closing=True)
             self._closed.set_result(None)
 
-    def _hand_over(self, records: list[SourceRecord]) -> None:
+    def _hand_over(self, records: list[SourceRecord], at_end: list[TP]) -> None:
         try:
-            self._on_records(records)
+            self._on_records(records, at_end)
         finally:
             self._taken.set()
 
@@ -274,6 +290,11 @@ class ConsumerThread:
                 ):
                     continue
                 CONSUMER_LAG.labels(topic=topic, partition=str(partition)).set(lag)
+
+
+def _at_end(message: confluent_kafka.Message) -> bool:
+    error = message.error()
+    return error is not None and error.code() == KafkaError._PARTITION_EOF
 
 
 async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:

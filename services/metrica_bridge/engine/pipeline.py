@@ -1,9 +1,16 @@
-"""One event through the steps: decode → validate → dedupe → enrich → map → batch → send → record.
+"""The engine: consumed records go through the steps in rounds, thousands at a time.
 
-``Pipeline.handle`` never raises for a bad event: every event ends with exactly one recorded
-outcome (delivered, skipped, stale, duplicate, parked, dead-lettered). Only infrastructure
-failures (the store or the broker unreachable) escape, and then the event is not marked handled,
-so it is consumed again after a restart.
+decode → validate → dedupe → enrich → map → batch → send → record, per event, but never event by
+event: a round takes every lane head that is free to start (one per deal, see
+:mod:`~metrica_bridge.engine.lanes`), reads what the round needs from the store in one worker
+thread hop (outcomes, identities merged from leads, parked deals, order claims, order states,
+upload intents), decides each event synchronously, and hands the records to the batcher.
+Uploads settle through a callback; finished events are recorded together in ONE store
+transaction, and only then are their offsets completed and their lanes moved on.
+
+Every event ends with exactly one recorded outcome (delivered, skipped, stale, duplicate,
+parked, dead-lettered). Infrastructure failures (the store or the broker unreachable) never
+become outcomes: the event goes back to its lane and is tried again, its offset uncommitted.
 """
 
 from __future__ import annotations
@@ -12,52 +19,50 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from metrica_bridge.codec import Codec, DecodeError, SchemaUnavailable
-from metrica_bridge.engine.loader import BatchCall, BatchLoader
+from metrica_bridge.codec import Codec, SchemaUnavailable
+from metrica_bridge.engine.align import Alignment
+from metrica_bridge.engine.lanes import Lanes
+from metrica_bridge.engine.offsets import TopicPartition
+from metrica_bridge.engine.work import Done, Work
 from metrica_bridge.events import (
     DealStatusChanged,
     Event,
     EventKind,
-    InvalidEvent,
     LeadCreated,
     PaymentReceived,
-    expected_kind,
-    parse_event,
 )
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.errors import RetryExhausted
 from metrica_bridge.metrica.status_map import StatusMap
 from metrica_bridge.metrics import (
     END_TO_END_LATENCY,
-    EVENTS_PROCESSED,
-    IDENTIFIERS_DROPPED,
     ORDERS_OUTSIDE_WINDOW,
     ErrorClass,
     Outcome,
 )
 from metrica_bridge.steps import enrich
 from metrica_bridge.steps import map as mapping
-from metrica_bridge.steps.batch import Ack, Batcher, Endpoint
+from metrica_bridge.steps.batch import Ack, Batcher, Endpoint, Pending, SendFn
 from metrica_bridge.steps.dedupe import Dedupe
 from metrica_bridge.steps.dlq import DeadLetters, SourceRecord, is_replay
+from metrica_bridge.steps.parse import Poison, parse
 from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.steps.record import Recorder
 from metrica_bridge.steps.send import Rejected
 from metrica_bridge.store.base import (
     Changes,
     Identity,
-    IdentityUpdate,
     LedgerEntry,
     OrderState,
     ParkedEvent,
     Store,
-    StoreError,
     UploadIntent,
 )
 
@@ -66,16 +71,30 @@ log = get_logger("metrica_bridge.engine.pipeline")
 CLAIM_LEASE_S = 30.0  # renewed every LEASE_RENEW_S while held; a crashed owner's lapse
 LEASE_RENEW_S = 5.0
 UPLOADED_CACHE = 50_000
+ROUND_MAX = 2_000  # events read and decided together: one store round trip each
+TICK_S = 0.05  # timers (retries, linger of held events) are looked at this often
+RETRY_INFRA_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+CLAIM_WAIT_S = (0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
-class Parsed:
-    """A record that decoded and validated, ready for its per-key worker."""
+class Batching:
+    max_records: int
+    max_bytes: int
+    linger_s: float
+    linger_factor: Callable[[], float] = lambda: 1.0
 
-    source: SourceRecord
-    event: Event
-    consumed_at: float  # monotonic, for the linger deadline
-    released: bool = False  # taken out of the park by the sweeper
+
+@dataclass(slots=True)
+class _Round:
+    """What one round read from the store."""
+
+    previous: dict[str, str]  # ledger id -> outcome already recorded
+    identities: dict[str, Identity]  # merged from this round's leads, or loaded
+    parked: set[str]  # deals with parked events
+    claimed: set[str]  # deals this round may update
+    orders: dict[str, OrderState]
+    inflight: dict[str, UploadIntent]  # event id -> an earlier upload that carried it
 
 
 class Pipeline:
@@ -85,285 +104,437 @@ class Pipeline:
         store: Store,
         codec: Codec,
         statuses: StatusMap,
-        batcher: Batcher,
+        send: SendFn,
+        batching: Batching,
         dead_letters: DeadLetters,
         timezone: str,
-        topics: dict[EventKind, str],
+        topics: Mapping[EventKind, str],
         hash_identifiers: bool = False,
         owner: str | None = None,
         reconciler: Reconciler | None = None,
+        concurrency: int = 20_000,
+        alignment: Alignment | None = None,
     ) -> None:
         self.store = store
         self.codec = codec
         self.statuses = statuses
-        self.batcher = batcher
         self.dead_letters = dead_letters
         self.zone = ZoneInfo(timezone)
         self.kinds = {topic: kind for kind, topic in topics.items()}
         self.hash_identifiers = hash_identifiers
         self.owner = owner or f"mb-{uuid.uuid4().hex[:12]}"
         self.reconciler = reconciler
+        self.concurrency = concurrency
+        if alignment is None:
+            alignment = Alignment((), margin_s=0, max_hold_s=0)
+        self.alignment = alignment
+        self.batcher = Batcher(
+            send,
+            on_settled=self._settled,
+            max_records=batching.max_records,
+            max_bytes=batching.max_bytes,
+            linger_s=batching.linger_s,
+            linger_factor=batching.linger_factor,
+        )
         self.recorder = Recorder(store)
         self.dedupe = Dedupe(store)
-        self._identities: BatchLoader[str, Identity | None] = BatchLoader(
-            store.identities, default=None
-        )
-        self._merge: BatchCall[IdentityUpdate, Identity] = BatchCall(self._merge_batch)
-        self._orders: BatchLoader[str, OrderState | None] = BatchLoader(store.orders, default=None)
-        self._parked: BatchLoader[str, bool] = BatchLoader(self._parked_batch, default=False)
-        self._claim: BatchCall[str, bool] = BatchCall(self._claim_batch)
-        self._inflight: BatchLoader[str, UploadIntent | None] = BatchLoader(
-            store.inflight, default=None
-        )
+        self.lanes: Lanes[Work] = Lanes()
+        self._active: set[Work] = set()  # started, not yet recorded
+        self._finished: list[Work] = []  # to be recorded by the next cycle
+        self._release_claims: list[str] = []  # claims of work that went back to its lane
+        self._dead: list[tuple[Work, ErrorClass, str]] = []  # to be produced to the DLQ
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._released = 0  # released parked events queued or running
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        # client -> (fingerprint, the contact upload carrying it), until Metrica answers
+        self._contacts: dict[str, tuple[str, Pending]] = {}
         # client -> fingerprint Metrica holds, for contacts acknowledged but not yet in the store
         # (two leads of one client in flight at once); bounded, the store is the truth.
         self._uploaded: OrderedDict[str, str] = OrderedDict()
+        # client -> (identity version, fingerprint of its contact): rendering a contact only to
+        # learn that Metrica holds it already is most of an order event's cost otherwise.
+        self._fingerprints: dict[str, tuple[tuple[object, ...], str]] = {}
+        self._latency = {topic: END_TO_END_LATENCY.labels(topic=topic) for topic in topics.values()}
 
-    # -- store calls, batched ----------------------------------------------------------------
-    def _merge_batch(self, updates: list[IdentityUpdate]) -> list[Identity]:
-        merged = self.store.merge_identities(updates)
-        return [merged[u.client_uniq_id] for u in updates]
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="engine")
 
-    def _parked_batch(self, deal_ids: Sequence[str]) -> dict[str, bool]:
-        return dict.fromkeys(self.store.parked_deals(deal_ids), True)
-
-    def _claim_batch(self, deal_ids: list[str]) -> list[bool]:
-        unique = list(dict.fromkeys(deal_ids))
-        claimed = self.store.claim_orders(unique, self.owner, CLAIM_LEASE_S)
-        result = []
-        for deal in deal_ids:  # the same deal twice in one call: only the first gets it
-            result.append(deal in claimed)
-            claimed.discard(deal)
-        return result
-
-    # -- entry points ------------------------------------------------------------------------
-    def parse(self, source: SourceRecord) -> Parsed | tuple[ErrorClass, str]:
-        """Decode and validate; a bad record is returned (for the DLQ), never raised.
-
-        Raises :class:`SchemaUnavailable` when the Schema Registry cannot be asked right now:
-        that is our outage, not the record's fault, so it is retried, not dead-lettered."""
-        try:
-            decoded = self.codec.decode(source.value)
-        except SchemaUnavailable:
-            raise
-        except DecodeError as exc:
-            return ErrorClass.DECODE_ERROR, exc.reason
-        try:
-            event = parse_event(decoded.schema_name, decoded.record)
-            expected_kind(event, self.kinds[source.topic])
-        except InvalidEvent as exc:
-            return ErrorClass.INVALID_EVENT, exc.reason
-        key = source.key.decode("utf-8", "replace") if source.key is not None else None
-        if key is not None and key != event.key:
-            return ErrorClass.INVALID_EVENT, "record key does not match the event's entity id"
-        if isinstance(event, LeadCreated) and event.dropped_identifiers:
-            IDENTIFIERS_DROPPED.labels(topic=source.topic).inc(event.dropped_identifiers)
-        return Parsed(source, event, time.monotonic())
-
-    async def dead_letter(
-        self,
-        source: SourceRecord,
-        error_class: ErrorClass,
-        reason: str,
-        event_id: str | None,
-        *,
-        released: bool = False,
-    ) -> None:
-        # A record without a readable event id is recorded by its position, so a redelivery
-        # after a crash does not dead-letter it a second time.
-        ledger_id = event_id or f"@{source.topic}:{source.partition}:{source.offset}"
-        if event_id is None and await self.dedupe.seen(ledger_id) is not None:
-            EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.DUPLICATE).inc()
-            return
-        await self.dead_letters.send(source, error_class, reason)
-        log.warning(
-            "dead-lettered",
-            topic=source.topic,
-            partition=source.partition,
-            offset=source.offset,
-            event_id=event_id,
-            error_class=error_class.value,
-            reason=reason,
+    async def close(self) -> None:
+        """Stop at once (after the runners drained what they could)."""
+        for task in [t for t in (self._loop_task,) if t is not None] + list(self._tasks):
+            task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._loop_task,) if t is not None), *self._tasks, return_exceptions=True
         )
-        entry = LedgerEntry(ledger_id, source.topic, Outcome.DEAD_LETTERED, error_class.value)
-        await self._record(Changes(ledger=[entry], unpark=[ledger_id] if released else []))
+        await self.batcher.close()
 
-    async def handle(self, parsed: Parsed) -> None:
-        event, source = parsed.event, parsed.source
-        previous = await self.dedupe.seen(event.event_id)
-        # A DLQ replay is the one way back for a dead-lettered event; anything else seen before
-        # (a redelivery, a CRM retry) is a duplicate.
-        replay = previous == Outcome.DEAD_LETTERED and is_replay(source)
-        # A parked event leaving the park is that same event, not a duplicate of itself.
-        resumed = previous == Outcome.PARKED and parsed.released
-        if previous is not None and not (replay or resumed):
-            if parsed.released:  # handled already: leave the park (or be leased forever)
-                await self._record(Changes(unpark=[event.event_id]))
-            EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.DUPLICATE).inc()
-            log.debug(
-                "duplicate",
-                event_id=event.event_id,
-                topic=source.topic,
-                partition=source.partition,
-                offset=source.offset,
-                previous=previous,
-            )
+    # -- intake --------------------------------------------------------------------------------
+    def consume(self, records: Iterable[SourceRecord], on_done: Done) -> None:
+        """Records just consumed, in partition order: parsed now, handled in rounds."""
+        now = time.monotonic()
+        alignment = self.alignment
+        for source in records:
+            try:
+                parsed: Event | Poison | None = parse(self.codec, self.kinds, source)
+            except SchemaUnavailable:
+                parsed = None  # parsed again when its turn comes
+            if isinstance(parsed, tuple):
+                work = Work(source, _position(source), poison=parsed, consumed_at=now)
+            else:
+                work = Work(source, _key(source, parsed, self.kinds), parsed, consumed_at=now)
+            work.on_done = on_done
+            if alignment.hold(work):
+                continue
+            self.lanes.push(work)
+        self._wake.set()
+
+    def release(self, parked: ParkedEvent, event: Event | None, expired: str | None) -> None:
+        """A parked event moves on: its client got an identifier (``event`` parsed again), or
+        it waited too long (``expired`` says why). Ordered behind live events of its deal;
+        not tracked, since its offset was committed when it was parked."""
+        work = Work(
+            parked_source(parked),
+            f"deal:{parked.deal_id}",
+            event,
+            released=True,
+            expired=expired,
+            parked_id=parked.event_id,
+        )
+        if event is None and expired is None:
+            work.expired = "the parked record can no longer be read"
+        self._released += 1
+        self.lanes.push(work)
+        self._wake.set()
+
+    # -- what the runners ask ------------------------------------------------------------------
+    def drop(self, tps: set[TopicPartition]) -> int:
+        """Forget work of these partitions not started yet (its records are handed back)."""
+        dropped = self.lanes.drop(lambda w: w.tp in tps) + self.alignment.drop(tps)
+        self._released -= sum(1 for w in dropped if w.released)
+        return len(dropped)
+
+    def busy(self, tps: set[TopicPartition]) -> int:
+        return sum(1 for w in self._active if w.tp in tps)
+
+    def abandon(self, tps: set[TopicPartition]) -> int:
+        """Work of these partitions still running goes on, but no longer completes an offset
+        (the partition has moved on); its outcome is still recorded when it ends."""
+        abandoned = [w for w in self._active if w.tp in tps]
+        for work in abandoned:
+            work.on_done = None
+        return len(abandoned)
+
+    def released_in_progress(self) -> int:
+        return self._released
+
+    async def wait_done(self, tps: set[TopicPartition], within_s: float) -> bool:
+        """Wait until no work of these partitions is running; False if it took too long."""
+        deadline = time.monotonic() + within_s
+        while self.busy(tps):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug, not an event's fault: log it, keep going
+                log.error("engine cycle failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.5)
+
+    async def _cycle(self) -> None:
+        now = time.monotonic()
+        for work in self.alignment.release(now):
+            self.lanes.push(work)
+        self.lanes.wake(now)
+        if self._dead:
+            self._spawn(self._dead_letters(self._dead))
+            self._dead = []
+        if self._finished or self._release_claims:
+            await self._record()
+        room = self.concurrency - len(self._active)
+        batch = self.lanes.take(min(ROUND_MAX, room)) if room > 0 else []
+        if batch:
+            await self._start(batch)
+            await asyncio.sleep(0)
             return
-        deadline = self.batcher.deadline(parsed.consumed_at)
+        if not self._finished and not self._dead:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- a round -------------------------------------------------------------------------------
+    async def _start(self, batch: list[Work]) -> None:
+        self._active.update(batch)
+        ready: list[Work] = []
+        for work in batch:
+            if work.event is None and work.poison is None and work.expired is None:
+                try:
+                    parsed = parse(self.codec, self.kinds, work.source)
+                except SchemaUnavailable as exc:
+                    self._retry(work, exc)
+                    continue
+                if isinstance(parsed, tuple):
+                    work.poison = parsed
+                else:
+                    work.event = parsed
+            ready.append(work)
+        if not ready:
+            return
+        known, missing = self.dedupe.known(w.ledger_id for w in ready)
         try:
+            state = await asyncio.to_thread(self._read, ready, known, missing)
+        except Exception as exc:
+            for work in ready:
+                self._retry(work, exc)
+            return
+        for work in ready:
+            try:
+                self._decide(work, state)
+            except Exception as exc:
+                self._retry(work, exc)
+        # Claimed for work that did not take it after all (it failed on the way): let it go now
+        # rather than when the lease lapses.
+        taken = {w.claim for w in ready if w.claim is not None}
+        self._release_claims.extend(state.claimed - taken)
+
+    def _read(self, batch: list[Work], known: dict[str, str], missing: list[str]) -> _Round:
+        """Everything the round needs from the store (runs in a worker thread)."""
+        store = self.store
+        previous = known | self.dedupe.recorded(missing)
+        leads: list[LeadCreated] = []
+        merging: list[LeadCreated] = []
+        orders: list[Work] = []
+        for work in batch:
+            event = work.event
+            if event is None or work.expired or self._repeat(work, previous.get(work.ledger_id)):
+                continue
             if isinstance(event, LeadCreated):
-                await self._lead(parsed, event, deadline)
+                leads.append(event)
+                # A lead leaving the park was merged when it parked; merging it again would
+                # bring back its consent over a newer lead's.
+                if not work.released:
+                    merging.append(event)
             else:
-                await self._order_event(parsed, event, deadline)
-        except Rejected as exc:
-            await self.dead_letter(
-                source, ErrorClass.REJECTED, exc.reason, event.event_id, released=parsed.released
-            )
-        except RetryExhausted as exc:
-            await self.dead_letter(
-                source,
-                ErrorClass.RETRY_EXHAUSTED,
-                str(exc),
-                event.event_id,
-                released=parsed.released,
-            )
-
-    # -- leads -------------------------------------------------------------------------------
-    async def _lead(self, parsed: Parsed, lead: LeadCreated, deadline: float) -> None:
-        identity = await self._merge(enrich.identity_update(lead))
-        if lead.deal_id is not None and not identity.has_identifier():
-            # Orders go to Metrica only for clients it can bind: the lead waits like any
-            # other order event of a client without an identifier.
-            if parsed.released:
-                await self._record(Changes(unlease=[lead.event_id]))
-            else:
-                await self._park(parsed, lead.client.uniq_id, lead.deal_id, None)
-            return
-        changes = Changes()
-        ack = await self._ensure_contact(identity, deadline, changes)
-        if lead.deal_id is None:
-            await self._finish(parsed, Outcome.DELIVERED, "contact", ack, changes)
-            return
-        await self._with_claim(
-            lead.deal_id,
-            lambda order: mapping.on_lead(order, lead, self.statuses, _now()),
-            parsed,
-            deadline,
-            changes,
-            contact_ack=ack,
+                orders.append(work)
+        identities = (
+            store.merge_identities([enrich.identity_update(lead) for lead in merging])
+            if merging
+            else {}
         )
+        wanted = {lead.client.uniq_id for lead in leads} | {_client(w) for w in orders}
+        wanted -= identities.keys()
+        if wanted:
+            identities.update(store.identities(wanted))
+        live_deals = {_deal(w) for w in orders if not w.released}
+        parked = store.parked_deals(live_deals) if live_deals else set()
+        claims = [
+            lead.deal_id
+            for lead in leads
+            if lead.deal_id is not None and _bindable(identities.get(lead.client.uniq_id))
+        ]
+        for work in orders:
+            deal = _deal(work)
+            if _bindable(identities.get(_client(work))) and (work.released or deal not in parked):
+                claims.append(deal)
+        claimed = store.claim_orders(claims, self.owner, CLAIM_LEASE_S) if claims else set()
+        states = store.orders(claimed) if claimed else {}
+        inflight: dict[str, UploadIntent] = {}
+        if claimed and self.reconciler is not None:
+            ids = [
+                w.event.event_id
+                for w in batch
+                if w.event is not None and getattr(w.event, "deal_id", None) in claimed
+            ]
+            inflight = store.inflight(ids)
+        return _Round(previous, identities, parked, claimed, states, inflight)
 
-    async def _ensure_contact(
-        self, identity: Identity, deadline: float, changes: Changes
-    ) -> Ack | None:
-        """Upload the client's contact unless Metrica already holds exactly this version."""
-        rendered = enrich.contact_record(identity, self.hash_identifiers).render(self.zone)
-        fingerprint = enrich.fingerprint(rendered)
-        client = identity.client_uniq_id
-        if fingerprint in (identity.uploaded_fingerprint, self._uploaded.get(client)):
-            return None
-        ack = await self.batcher.submit(Endpoint.CONTACTS, client, rendered, deadline)
-        self._uploaded[client] = fingerprint
-        self._uploaded.move_to_end(client)
-        if len(self._uploaded) > UPLOADED_CACHE:
-            self._uploaded.popitem(last=False)
-        changes.contacts_uploaded[client] = fingerprint
-        return ack
+    def _repeat(self, work: Work, previous: str | None) -> bool:
+        """Seen before, and not coming back the ways an event may come back: a DLQ replay is
+        the one way back for a dead-lettered event, and a parked event leaving the park is that
+        same event, not a duplicate of itself."""
+        if previous is None:
+            return False
+        if previous == Outcome.DEAD_LETTERED and is_replay(work.source):
+            return False
+        return not (previous == Outcome.PARKED and work.released)
 
-    # -- deals and payments ------------------------------------------------------------------
-    async def _order_event(
-        self, parsed: Parsed, event: DealStatusChanged | PaymentReceived, deadline: float
-    ) -> None:
-        identity = await self._identities.load(event.client_uniq_id)
-        waiting = identity is None or not identity.has_identifier()
-        # Behind parked events of the same deal, an event parks too, to keep the deal's order;
-        # a released event is itself still in the park until it is recorded.
-        if (
-            identity is None
-            or waiting
-            or (not parsed.released and await self._parked.load(event.deal_id))
-        ):
-            if parsed.released:
-                # Consent was withdrawn since the sweep: it stays parked, and its lease ends now
-                # (the heartbeat would renew it forever) so the next sweep decides again.
-                await self._record(Changes(unlease=[event.event_id]))
-                return
-            version = event.version if isinstance(event, DealStatusChanged) else None
-            await self._park(parsed, event.client_uniq_id, event.deal_id, version)
+    def _decide(self, work: Work, state: _Round) -> None:
+        previous = state.previous.get(work.ledger_id)
+        if self._repeat(work, previous):
+            if work.released:  # handled already: leave the park (or be leased forever)
+                work.unpark = True
+            log.debug("duplicate", previous=previous, **work.log_fields())
+            self._finish(work, Outcome.DUPLICATE)
             return
-        changes = Changes()
-        ack = await self._ensure_contact(identity, deadline, changes)
-        decide = (
-            (lambda order: mapping.on_status(order, event, self.statuses, _now()))
-            if isinstance(event, DealStatusChanged)
-            else (lambda order: mapping.on_payment(order, event, self.statuses, _now()))
-        )
-        await self._with_claim(event.deal_id, decide, parsed, deadline, changes, contact_ack=ack)
-
-    async def _with_claim(
-        self,
-        deal_id: str,
-        decide: mapping.Decider,
-        parsed: Parsed,
-        deadline: float,
-        changes: Changes,
-        contact_ack: Ack | None,
-    ) -> None:
-        await self._acquire(deal_id)
-        changes.release_claims.append(deal_id)
-        try:
-            order = await self._orders.load(deal_id)
-            verdict = decide(order)
-            if isinstance(verdict, mapping.Skip):
-                if verdict.state is not None:
-                    changes.orders.append(verdict.state)
-                await self._finish(parsed, verdict.outcome, verdict.reason, contact_ack, changes)
+        if work.poison is not None:
+            self._dead_letter(work, *work.poison)
+            return
+        if work.expired is not None:
+            self._dead_letter(work, ErrorClass.UNATTRIBUTABLE, work.expired)
+            return
+        event = work.event
+        assert event is not None
+        if isinstance(event, LeadCreated):
+            deal = event.deal_id
+            identity = state.identities.get(event.client.uniq_id) or Identity(event.client.uniq_id)
+            if deal is not None and not identity.has_identifier():
+                # Orders go to Metrica only for clients it can bind: the lead waits like any
+                # other order event of a client without an identifier.
+                self._wait_for_identity(work, event.client.uniq_id, deal, None)
                 return
-            for window in verdict.windows:
-                ORDERS_OUTSIDE_WINDOW.labels(window=window).inc()
-                log.warning(
-                    "order outside Metrica's binding window",
-                    window=window,
-                    event_id=parsed.event.event_id,
-                    topic=parsed.source.topic,
-                    partition=parsed.source.partition,
-                    offset=parsed.source.offset,
-                )
-            event_id = parsed.event.event_id
-            ack = await self._recovered(event_id)
-            if ack is None:
-                record = verdict.record.render(self.zone)
-                ack = await self.batcher.submit(
-                    Endpoint.ORDERS, deal_id, record, deadline, event_id
-                )
-            changes.orders.append(verdict.state)
-            await self._finish(parsed, Outcome.DELIVERED, "order", ack, changes)
-        except BaseException:
-            # Best effort, once: if the store is gone too, the lease lapses on its own.
-            with contextlib.suppress(Exception):
-                await self.recorder.apply(Changes(release_claims=[deal_id]))
-            raise
+        else:
+            found = state.identities.get(event.client_uniq_id)
+            deal = event.deal_id
+            # Behind parked events of the same deal, an event parks too, to keep the deal's
+            # order; a released event is itself still in the park until it is recorded.
+            if (
+                found is None
+                or not found.has_identifier()
+                or (not work.released and deal in state.parked)
+            ):
+                version = event.version if isinstance(event, DealStatusChanged) else None
+                self._wait_for_identity(work, event.client_uniq_id, deal, version)
+                return
+            identity = found
+        if deal is not None and not self._order(work, deal, state):
+            return
+        self._ensure_contact(work, identity)
+        if work.contact is None:
+            self._after_contact(work)
 
-    async def _recovered(self, event_id: str) -> Ack | None:
-        """The upload of a previous run that already carried this event, if Metrica applied it."""
-        intent = await self._inflight.load(event_id)
-        if intent is None or intent.owner == self.owner or self.reconciler is None:
-            return None
-        uploading_id = await self.reconciler.applied(intent)
-        if uploading_id is None:
-            return None
-        return Ack(uploading_id, intent.records, time.time())
-
-    async def _acquire(self, deal_id: str) -> None:
-        delay = 0.02
-        while not await self._claim(deal_id):
+    def _order(self, work: Work, deal: str, state: _Round) -> bool:
+        """Decide what the order becomes; False when someone else is updating it right now."""
+        if deal not in state.claimed:
             # Another worker (this process or another) is updating the order: wait our turn.
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            work.claim_waits += 1
+            delay = CLAIM_WAIT_S[min(work.claim_waits, len(CLAIM_WAIT_S)) - 1]
+            self._back(work, delay)
+            return False
+        work.claim = deal
+        event = work.event
+        now = datetime.now(UTC)
+        order = state.orders.get(deal)
+        if isinstance(event, LeadCreated):
+            verdict = mapping.on_lead(order, event, self.statuses, now)
+        elif isinstance(event, DealStatusChanged):
+            verdict = mapping.on_status(order, event, self.statuses, now)
+        else:
+            assert isinstance(event, PaymentReceived)
+            verdict = mapping.on_payment(order, event, self.statuses, now)
+        if isinstance(verdict, mapping.Skip):
+            work.order_state = verdict.state
+            work.outcome, work.detail = verdict.outcome, verdict.reason
+            return True
+        for window in verdict.windows:
+            ORDERS_OUTSIDE_WINDOW.labels(window=window).inc()
+            log.warning(
+                "order outside Metrica's binding window", window=window, **work.log_fields()
+            )
+        work.order_state = verdict.state
+        work.order = verdict.record.render(self.zone)
+        intent = state.inflight.get(work.ledger_id)
+        if intent is not None and intent.owner != self.owner:
+            work.intent = intent
+        return True
 
-    async def _park(self, parsed: Parsed, client: str, deal_id: str, version: int | None) -> None:
-        source, event = parsed.source, parsed.event
-        parked = ParkedEvent(
+    def _ensure_contact(self, work: Work, identity: Identity) -> None:
+        """Upload the client's contact unless Metrica already holds exactly this version."""
+        client = identity.client_uniq_id
+        version: tuple[object, ...] = (
+            identity.client_ids,
+            identity.phones,
+            identity.emails,
+            identity.name,
+            identity.consent,
+        )
+        known = self._fingerprints.get(client)
+        contact = None
+        if known is not None and known[0] == version:
+            fingerprint = known[1]  # rendered already for an earlier event of this client
+        else:
+            contact = enrich.contact(identity, self.hash_identifiers, self.zone)
+            fingerprint = contact[2]
+            self._fingerprints[client] = (version, fingerprint)
+            if len(self._fingerprints) > UPLOADED_CACHE:
+                self._fingerprints.pop(next(iter(self._fingerprints)))
+        if fingerprint in (identity.uploaded_fingerprint, self._uploaded.get(client)):
+            return
+        work.contact = (client, fingerprint)
+        current = self._contacts.get(client)
+        if current is not None and current[0] == fingerprint and current[1].result is None:
+            current[1].waiters.append(work)  # the same contact is on its way already
+            return
+        if contact is None:
+            contact = enrich.contact(identity, self.hash_identifiers, self.zone)
+        rendered, encoded, _ = contact
+        deadline = self.batcher.deadline(work.consumed_at)
+        pending = self.batcher.submit(
+            Endpoint.CONTACTS, client, rendered, deadline, work, encoded=encoded
+        )
+        self._contacts[client] = (fingerprint, pending)
+
+    def _after_contact(self, work: Work) -> None:
+        if work.order is not None:
+            if work.intent is not None and self.reconciler is not None:
+                self._spawn(self._reconcile(work, work.intent))
+            else:
+                self._send_order(work)
+            return
+        if work.outcome is None:  # a lead without a deal: the contact is the delivery
+            work.outcome, work.detail = Outcome.DELIVERED, "contact"
+        self._finish(work, work.outcome, work.detail)
+
+    def _send_order(self, work: Work) -> None:
+        assert work.order is not None
+        assert work.claim is not None
+        self.batcher.submit(
+            Endpoint.ORDERS,
+            work.claim,
+            work.order,
+            self.batcher.deadline(work.consumed_at),
+            work,
+            work.ledger_id,
+        )
+
+    async def _reconcile(self, work: Work, intent: UploadIntent) -> None:
+        """The upload of a previous run that already carried this event, if Metrica applied it."""
+        assert self.reconciler is not None
+        try:
+            uploading_id = await self.reconciler.applied(intent)
+        except Exception as exc:
+            self._retry(work, exc)
+            self._wake.set()
+            return
+        work.intent = None
+        if uploading_id is None:
+            self._send_order(work)
+            return
+        work.ack = Ack(uploading_id, intent.records, time.time())
+        self._finish(work, Outcome.DELIVERED, "order")
+
+    def _wait_for_identity(self, work: Work, client: str, deal: str, version: int | None) -> None:
+        if work.released:
+            # Still no identifier (consent withdrawn since the sweep): it stays parked, and its
+            # lease ends now (the heartbeat would renew it forever) so the next sweep decides.
+            work.unlease = True
+            self._finish(work, None)
+            return
+        source, event = work.source, work.event
+        assert event is not None
+        work.park = ParkedEvent(
             event_id=event.event_id,
             topic=source.topic,
             partition=source.partition,
@@ -372,58 +543,203 @@ class Pipeline:
             value=source.value or b"",
             headers=source.headers,
             client_uniq_id=client,
-            deal_id=deal_id,
+            deal_id=deal,
             occurred_at=event.occurred_at,
             version=version,
             parked_at=datetime.now(UTC),
             timestamp_ms=source.timestamp_ms,
         )
-        await self._record(Changes(park=[parked]))
-        # A copy of it arriving while it waits (a CRM retry) is a duplicate, not a second
-        # parked event that would never get an outcome of its own.
-        self.dedupe.remember([LedgerEntry(event.event_id, source.topic, Outcome.PARKED)])
-        EVENTS_PROCESSED.labels(topic=source.topic, outcome=Outcome.PARKED).inc()
-        log.info(
-            "parked until the client's identity arrives",
-            event_id=event.event_id,
-            topic=source.topic,
-            partition=source.partition,
-            offset=source.offset,
-        )
+        log.debug("parked until the client's identity arrives", **work.log_fields())
+        self._finish(work, Outcome.PARKED)
 
-    # -- recording ---------------------------------------------------------------------------
-    async def _finish(
-        self, parsed: Parsed, outcome: str, detail: str, ack: Ack | None, changes: Changes
-    ) -> None:
-        source, event = parsed.source, parsed.event
-        changes.ledger.append(
-            LedgerEntry(
-                event.event_id, source.topic, outcome, detail, ack.uploading_id if ack else None
-            )
-        )
-        if parsed.released:
-            changes.unpark.append(event.event_id)
-        await self._record(changes)
-        if outcome == Outcome.DELIVERED and ack is not None:
-            END_TO_END_LATENCY.labels(topic=source.topic).observe(
-                max(0.0, ack.acked_at - event.occurred_at.timestamp())
-            )
+    # -- uploads settle ------------------------------------------------------------------------
+    def _settled(self, endpoint: Endpoint, batch: list[Pending]) -> None:
+        for pending in batch:
+            result = pending.result
+            fingerprint = ""
+            if endpoint is Endpoint.CONTACTS:
+                entry = self._contacts.get(pending.record_id)
+                if entry is not None and entry[1] is pending:
+                    del self._contacts[pending.record_id]
+                if isinstance(result, Ack):
+                    # What Metrica holds now: the newest version merged into this upload.
+                    fingerprint = enrich.fingerprint(pending.encoded)
+                    self._remember_contact(pending.record_id, fingerprint)
+            for work in pending.waiters:
+                if isinstance(result, Ack):
+                    work.ack = result
+                    if endpoint is Endpoint.CONTACTS:
+                        work.contact_uploaded = (pending.record_id, fingerprint)
+                        work.contact = None
+                        self._after_contact(work)
+                    else:
+                        self._finish(work, Outcome.DELIVERED, "order")
+                elif isinstance(result, Rejected):
+                    self._dead_letter(work, ErrorClass.REJECTED, result.reason)
+                elif isinstance(result, RetryExhausted):
+                    self._dead_letter(work, ErrorClass.RETRY_EXHAUSTED, str(result))
+                else:
+                    self._retry(work, result)
+        self._wake.set()
 
-    async def _record(self, changes: Changes) -> None:
-        """Write the outcome, retrying in place on store errors (a PostgreSQL deadlock, a
-        failover): what Metrica already accepted must be recorded, not handled again from
-        scratch — that would send it twice. The order claims stay held meanwhile."""
-        delay = 0.05
-        while True:
-            try:
-                await self.recorder.apply(changes)
-                break
-            except StoreError as exc:
-                log.warning("recording outcomes failed; retrying", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    def _remember_contact(self, client: str, fingerprint: str) -> None:
+        self._uploaded[client] = fingerprint
+        self._uploaded.move_to_end(client)
+        if len(self._uploaded) > UPLOADED_CACHE:
+            self._uploaded.popitem(last=False)
+
+    # -- dead letters --------------------------------------------------------------------------
+    def _dead_letter(self, work: Work, error_class: ErrorClass, reason: str) -> None:
+        work.order = work.order_state = None  # nothing of the order was sent
+        self._dead.append((work, error_class, reason))
+        self._wake.set()
+
+    async def _dead_letters(self, items: list[tuple[Work, ErrorClass, str]]) -> None:
+        """Produce to the DLQ; an event is recorded dead-lettered only once the broker has
+        the record (retried until it does: a crash meanwhile redelivers the original)."""
+        while items:
+            sent = await asyncio.gather(
+                *(self.dead_letters.send(w.source, c, r) for w, c, r in items),
+                return_exceptions=True,
+            )
+            failed = []
+            for (work, error_class, reason), result in zip(items, sent, strict=True):
+                if isinstance(result, BaseException):
+                    failed.append((work, error_class, reason))
+                    continue
+                log.warning(
+                    "dead-lettered",
+                    error_class=error_class.value,
+                    reason=reason,
+                    **work.log_fields(),
+                )
+                self._finish(work, Outcome.DEAD_LETTERED, error_class.value)
+            if failed:
+                log.error("dead-letter produce failed; retrying", count=len(failed))
+                await asyncio.sleep(RETRY_INFRA_S[0])
+            items = failed
+
+    # -- ends ----------------------------------------------------------------------------------
+    def _finish(self, work: Work, outcome: str | None, detail: str = "") -> None:
+        work.outcome = outcome
+        if outcome is not None and outcome not in (Outcome.DUPLICATE, Outcome.PARKED):
+            ack = work.ack
+            work.ledger = LedgerEntry(
+                work.ledger_id,
+                work.source.topic,
+                outcome,
+                detail,
+                ack.uploading_id if ack is not None else None,
+            )
+            if work.released:
+                work.unpark = True
+        self._finished.append(work)
+        self._wake.set()
+
+    def _retry(self, work: Work, error: BaseException | None) -> None:
+        """An infrastructure failure: the event is not handled; try it again from the start."""
+        delay = RETRY_INFRA_S[min(work.attempts, len(RETRY_INFRA_S) - 1)]
+        work.attempts += 1
+        log.error(
+            "event handling failed; retrying",
+            error=f"{type(error).__name__}: {error}",
+            retry_in_s=delay,
+            **work.log_fields(),
+        )
+        self._back(work, delay)
+
+    def _back(self, work: Work, delay: float) -> None:
+        if work.claim is not None:
+            self._release_claims.append(work.claim)
+        work.reset()
+        self._active.discard(work)
+        self.lanes.retry(work, time.monotonic() + delay)
+
+    async def _record(self) -> None:
+        works, self._finished = self._finished, []
+        changes = Changes(release_claims=self._release_claims)
+        self._release_claims = []
+        outcomes: Counter[tuple[str, str]] = Counter()
+        parked: list[LedgerEntry] = []
+        for work in works:
+            if work.ledger is not None:
+                changes.ledger.append(work.ledger)
+            if work.order_state is not None:
+                changes.orders.append(work.order_state)
+            if work.contact_uploaded is not None:
+                client, fingerprint = work.contact_uploaded
+                changes.contacts_uploaded[client] = fingerprint
+            if work.claim is not None:
+                changes.release_claims.append(work.claim)
+            if work.park is not None:
+                changes.park.append(work.park)
+                parked.append(LedgerEntry(work.park.event_id, work.source.topic, Outcome.PARKED))
+            if work.unpark:
+                changes.unpark.append(work.ledger_id)
+            if work.unlease:
+                changes.unlease.append(work.ledger_id)
+            if work.outcome is not None:
+                outcomes[(work.source.topic, work.outcome)] += 1
+        await self.recorder.apply(changes, outcomes)
         self.dedupe.remember(changes.ledger)
+        # A copy of a parked event arriving while it waits (a CRM retry) is a duplicate, not a
+        # second parked event that would never get an outcome of its own.
+        self.dedupe.remember(parked)
+        for work in works:
+            if (
+                work.outcome == Outcome.DELIVERED
+                and work.ack is not None
+                and work.event is not None
+            ):
+                latency = work.ack.acked_at - work.event.occurred_at.timestamp()
+                self._latency[work.source.topic].observe(max(0.0, latency))
+            self._active.discard(work)
+            self.lanes.done(work)
+            if work.released:
+                self._released -= 1
+            if work.on_done is not None:
+                work.on_done(work)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def _bindable(identity: Identity | None) -> bool:
+    return identity is not None and identity.has_identifier()
+
+
+def _deal(work: Work) -> str:
+    event = work.event
+    assert isinstance(event, DealStatusChanged | PaymentReceived)
+    return event.deal_id
+
+
+def _client(work: Work) -> str:
+    event = work.event
+    assert isinstance(event, DealStatusChanged | PaymentReceived)
+    return event.client_uniq_id
+
+
+def _position(source: SourceRecord) -> str:
+    return f"@{source.topic}:{source.partition}:{source.offset}"
+
+
+def _key(source: SourceRecord, event: Event | None, kinds: Mapping[str, EventKind]) -> str:
+    """The lane: every event that touches one order runs in that order's lane."""
+    if isinstance(event, LeadCreated):
+        return f"deal:{event.deal_id}" if event.deal_id is not None else f"lead:{event.lead_id}"
+    if event is not None:
+        return f"deal:{event.deal_id}"
+    if source.key is None:  # not parsed yet (the registry is down): by its record key
+        return _position(source)
+    key = source.key.decode("utf-8", "replace")
+    return f"lead:{key}" if kinds.get(source.topic) is EventKind.LEAD_CREATED else f"deal:{key}"
+
+
+def parked_source(parked: ParkedEvent) -> SourceRecord:
+    return SourceRecord(
+        topic=parked.topic,
+        partition=parked.partition,
+        offset=parked.offset,
+        key=parked.key,
+        value=parked.value,
+        headers=parked.headers,
+        timestamp_ms=parked.timestamp_ms,
+    )

@@ -1,7 +1,7 @@
 """One independent consumer (one consumer group) for one topic.
 
-Records flow: consumer thread → ``_on_records`` (parse, track offset) → per-key scheduler →
-pipeline → offset completed. A commit loop commits the contiguous handled prefix; backpressure
+Records flow: consumer thread → ``_on_records`` (track the offset) → the engine (parse, then
+rounds) → offset completed. A commit loop commits the contiguous handled prefix; backpressure
 pauses the partitions while too much is in flight (a slow or unavailable Metrica), and resumes
 when half of it has drained.
 """
@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from collections.abc import Mapping
 
-from metrica_bridge.codec import SchemaUnavailable
 from metrica_bridge.config import Settings
 from metrica_bridge.engine.consumer import ConsumerThread
-from metrica_bridge.engine.keyed import Job, KeyedScheduler
 from metrica_bridge.engine.offsets import OffsetTracker, TopicPartition
-from metrica_bridge.engine.pipeline import Parsed, Pipeline
+from metrica_bridge.engine.pipeline import Pipeline
+from metrica_bridge.engine.work import Work
 from metrica_bridge.logs import get_logger
-from metrica_bridge.metrics import EVENTS_CONSUMED, IN_FLIGHT, PARTITIONS_ASSIGNED, ErrorClass
+from metrica_bridge.metrics import EVENTS_CONSUMED, IN_FLIGHT, PARTITIONS_ASSIGNED
 from metrica_bridge.steps.dlq import SourceRecord
 
 log = get_logger("metrica_bridge.engine.runner")
-
-Step = Callable[[], Coroutine[Any, Any, None]]
-RETRY_INFRA_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class TopicRunner:
@@ -44,13 +38,14 @@ class TopicRunner:
         self.pipeline = pipeline
         self.settings = settings
         self.tracker = OffsetTracker()
-        self.scheduler = KeyedScheduler(settings.worker_concurrency)
         self._config = {**kafka_config, "group.id": group_id}
         self._consumer: ConsumerThread | None = None
         self._paused = False
         self._stopping = False
         self._drain_deadline = 0.0  # monotonic; set by stop(): one budget for the whole drain
         self._commit_task: asyncio.Task[None] | None = None
+        self._consumed = EVENTS_CONSUMED.labels(topic=topic)
+        self._in_flight = IN_FLIGHT.labels(topic=topic)
         self.assigned: set[TopicPartition] = set()
 
     @property
@@ -69,7 +64,7 @@ class TopicRunner:
             on_revoke=self._on_revoke,
             admit=lambda: not self._paused,
             # One poll never takes more than the in-flight limit: memory stays within twice it.
-            batch_size=min(1_000, self.settings.max_in_flight_events),
+            batch_size=min(2_000, self.settings.max_in_flight_events),
             revoke_timeout_s=self.settings.shutdown_timeout_s + 5,
         )
         self._consumer.start()
@@ -84,13 +79,9 @@ class TopicRunner:
         # Released parked events belong to no partition, so revocation did not drain them:
         # finish them within the same bound, or leave them parked (their lease lapses).
         released = {(self.topic, -1)}
-        self.scheduler.drop_queued(released)
-        tasks = self.scheduler.running_tasks(released)
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=self._drain_left())
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=5)
+        self.pipeline.drop(released)
+        if not await self.pipeline.wait_done(released, self._drain_left()):
+            self.pipeline.abandon(released)
         if self._commit_task is not None:
             self._commit_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -103,106 +94,52 @@ class TopicRunner:
         return self._consumer is not None and self._consumer.alive() and not self._consumer.fatal
 
     # -- records in ----------------------------------------------------------------------------
-    def _on_records(self, records: list[SourceRecord]) -> None:
+    def _on_records(self, records: list[SourceRecord], at_end: list[TopicPartition]) -> None:
         if self._stopping:
             return  # not tracked, not committed: the next owner reads them again
+        assigned, tracker = self.assigned, self.tracker
+        kept = []
         for record in records:
-            tp = (record.topic, record.partition)
-            if tp not in self.assigned:
+            if (record.topic, record.partition) not in assigned:
                 continue  # revoked while the batch was on its way
-            self.tracker.add(record.topic, record.partition, record.offset)
-            try:
-                parsed: Parsed | tuple[ErrorClass, str] | None = self.pipeline.parse(record)
-            except SchemaUnavailable:
-                parsed = None
-            key = record.key.decode("utf-8", "replace") if record.key else f"@{record.offset}"
-            self.scheduler.submit(Job(key, tp, functools.partial(self._run, record, parsed)))
-        EVENTS_CONSUMED.labels(topic=self.topic).inc(len(records))
-        IN_FLIGHT.labels(topic=self.topic).set(self.tracker.in_flight())
-        if not self._paused and self.tracker.in_flight() >= self.settings.max_in_flight_events:
+            tracker.add(record.topic, record.partition, record.offset)
+            kept.append(record)
+        self.pipeline.consume(kept, self._complete)
+        self.pipeline.alignment.at_end(self.topic, (tp for tp in at_end if tp in assigned))
+        self._consumed.inc(len(records))
+        in_flight = tracker.in_flight()
+        self._in_flight.set(in_flight)
+        if not self._paused and in_flight >= self.settings.max_in_flight_events:
             self._set_paused(True)
 
-    def submit_released(self, key: str, source: SourceRecord, step: Step) -> None:
-        """Work on a parked event (released, or expired to the DLQ): ordered behind live events
-        of its deal, retried like them, drained on stop; not tracked, since its offset was
-        committed when it was parked."""
-        job = functools.partial(self._retrying, source, step, lambda: None)
-        self.scheduler.submit(Job(key, (source.topic, -1), job))
-
-    async def _run(
-        self, record: SourceRecord, parsed: Parsed | tuple[ErrorClass, str] | None
-    ) -> None:
-        async def step() -> None:
-            nonlocal parsed
-            if parsed is None:  # the registry was unavailable when it arrived
-                parsed = self.pipeline.parse(record)
-            if isinstance(parsed, Parsed):
-                await self.pipeline.handle(parsed)
-            else:
-                error_class, reason = parsed
-                await self.pipeline.dead_letter(record, error_class, reason, None)
-
-        def event_id() -> str | None:
-            return parsed.event.event_id if isinstance(parsed, Parsed) else None
-
-        await self._retrying(record, step, event_id)
-        self.tracker.complete(record.topic, record.partition, record.offset)
-
-    async def _retrying(
-        self, record: SourceRecord, step: Step, event_id: Callable[[], str | None]
-    ) -> None:
-        attempt = 0
-        while True:
-            try:
-                await step()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # Cancelled (shutdown, revocation) and the clean-up on the way out failed
-                    # (the store is closed): stop, uncommitted, instead of retrying forever.
-                    raise asyncio.CancelledError from exc
-                # The store or the broker failed us: the event is not handled, so its offset
-                # stays uncommitted. Try again; a restart would re-deliver it anyway.
-                delay = RETRY_INFRA_S[min(attempt, len(RETRY_INFRA_S) - 1)]
-                attempt += 1
-                log.error(
-                    "event handling failed; retrying",
-                    event_id=event_id(),
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    error=f"{type(exc).__name__}: {exc}",
-                    retry_in_s=delay,
-                )
-                await asyncio.sleep(delay)
+    def _complete(self, work: Work) -> None:
+        source = work.source
+        self.tracker.complete(source.topic, source.partition, source.offset)
 
     # -- group membership ----------------------------------------------------------------------
     async def _on_assign(self, tps: list[TopicPartition]) -> None:
         self.assigned.update(tps)
+        self.pipeline.alignment.assigned(self.topic, tps)
         PARTITIONS_ASSIGNED.labels(topic=self.topic).set(len(self.assigned))
 
     async def _on_revoke(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         revoked = set(tps)
-        self.scheduler.drop_queued(revoked)
-        tasks = self.scheduler.running_tasks(revoked)
-        if tasks:
+        self.pipeline.alignment.revoked(self.topic, tps)
+        self.pipeline.drop(revoked)
+        if self.pipeline.busy(revoked):
             self.pipeline.batcher.flush_soon()
             timeout = self._drain_left() if self._stopping else self.settings.shutdown_timeout_s
-            _done, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()  # abandoned: uncommitted, so the next owner handles it
-            if pending:
-                await asyncio.wait(pending, timeout=5)
-                log.warning("abandoned in-flight events on revocation", count=len(pending))
+            if not await self.pipeline.wait_done(revoked, timeout):
+                # Abandoned: uncommitted, so the next owner handles it (and finds its outcome
+                # in the ledger, if it is recorded meanwhile).
+                count = self.pipeline.abandon(revoked)
+                log.warning("abandoned in-flight events on revocation", count=count)
         offsets = self.tracker.committable(only=revoked)
         for topic, partition in tps:
             self.tracker.revoke(topic, partition)
         self.assigned.difference_update(revoked)
         PARTITIONS_ASSIGNED.labels(topic=self.topic).set(len(self.assigned))
-        IN_FLIGHT.labels(topic=self.topic).set(self.tracker.in_flight())
+        self._in_flight.set(self.tracker.in_flight())
         return offsets
 
     # -- commits and backpressure --------------------------------------------------------------

@@ -172,6 +172,19 @@ class MetricaClient:
     ) -> UploadResult:
         return await self._upload("orders", records, merge_mode)
 
+    async def upload_encoded(
+        self,
+        entity: Literal["contacts", "orders"],
+        encoded: Sequence[bytes],
+        merge_mode: MergeMode = "UPDATE",
+    ) -> UploadResult:
+        """Upload records already encoded as JSON objects (the batcher encodes each once, to
+        know its size); the body is those bytes joined, not a second encoding."""
+        if not encoded:
+            raise ValueError("nothing to upload")
+        content = b'{"%s":[%s]}' % (entity.encode(), b",".join(encoded))
+        return await self._post_upload(entity, content, len(encoded), merge_mode)
+
     async def get_order_statuses(self) -> list[dict[str, Any]]:
         outcome = await self._call(
             "order_statuses_get", "GET", f"{self.cdp_url}/schema/order_statuses", resend_safe=True
@@ -237,17 +250,23 @@ class MetricaClient:
     async def _upload(
         self, entity: Literal["contacts", "orders"], records: Sequence[Mapping[str, Any]], mode: str
     ) -> UploadResult:
-        if mode not in MERGE_MODES:
-            raise ValueError(f"merge_mode must be one of {', '.join(MERGE_MODES)}")
         if not records:
             raise ValueError("nothing to upload")
+        content = dumps({entity: [dict(r) for r in records]})
+        return await self._post_upload(entity, content, len(records), mode)
+
+    async def _post_upload(
+        self, entity: Literal["contacts", "orders"], content: bytes, rows: int, mode: str
+    ) -> UploadResult:
+        if mode not in MERGE_MODES:
+            raise ValueError(f"merge_mode must be one of {', '.join(MERGE_MODES)}")
         outcome = await self._call(
             entity,
             "POST",
             f"{self.cdp_url}/data/{entity}/json",
             params={"merge_mode": mode},
-            body={entity: [dict(r) for r in records]},
-            rows_sent=len(records),
+            content=content,
+            rows_sent=rows,
             resend_safe=mode in IDEMPOTENT_MODES,
         )
         assert outcome.upload is not None  # classify() guarantees it for uploads
@@ -285,10 +304,12 @@ class MetricaClient:
         *,
         params: Mapping[str, str] | None = None,
         body: Any = None,
+        content: bytes | None = None,
         rows_sent: int | None = None,
         resend_safe: bool,
     ) -> Success:
-        content = None if body is None else dumps(body)
+        if body is not None:
+            content = dumps(body)
         started = time.monotonic()
         # The daily budget may be waited for only while the retry budget lasts.
         wait_until = datetime.now(UTC) + timedelta(seconds=self.retry.budget_s)

@@ -14,6 +14,12 @@ the previous round trip, up to ``max_records``. A full batch leaves while fewer 
 One id appears at most once per upload (Metrica applies same-id rows in random order): a contact
 submitted again while its previous version waits is replaced by the newer one (identities only
 grow, so the newer record is a superset); an order id already waiting goes to the next upload.
+
+Each record is encoded to JSON once, when it is submitted: that gives its size for the byte
+limit, and the upload body is those bytes joined.
+
+Nobody awaits a record: when an upload is settled, ``on_settled`` gets its records, each with
+its ``result`` (the :class:`Ack`, or the exception that failed it) and its ``waiters``.
 """
 
 from __future__ import annotations
@@ -47,14 +53,27 @@ class Ack:
 class Pending:
     record_id: str
     record: dict[str, Any]
-    size: int
+    encoded: bytes  # the record as JSON, as it goes into the upload body
     deadline: float  # monotonic time
-    futures: list[asyncio.Future[Ack]] = field(default_factory=list)
+    waiters: list[Any] = field(default_factory=list)  # whoever is told when it is settled
     event_ids: list[str] = field(default_factory=list)  # the events this record completes
+    result: Ack | Exception | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.encoded) + 1  # and its comma
 
 
-SendFn = Callable[[Endpoint, list[Pending]], Coroutine[Any, Any, None]]
-"""Sends one batch and resolves (or fails) every future of every Pending it was given."""
+SendFn = Callable[["Endpoint", list[Pending]], Coroutine[Any, Any, None]]
+"""Sends one batch and sets the ``result`` of every Pending it was given."""
+
+SettledFn = Callable[["Endpoint", list[Pending]], None]
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    return _ENCODER.encode(record).encode()
 
 
 class Batcher:
@@ -62,6 +81,7 @@ class Batcher:
         self,
         send: SendFn,
         *,
+        on_settled: SettledFn,
         max_records: int,
         max_bytes: int,
         linger_s: float,
@@ -69,12 +89,14 @@ class Batcher:
         max_in_flight: int = 2,
     ) -> None:
         self._send = send
+        self._on_settled = on_settled
         self._max_records = max_records
         self._max_bytes = max_bytes
         self._linger_s = linger_s
         self._linger_factor = linger_factor
         self._open: dict[Endpoint, dict[str, Pending]] = {e: {} for e in Endpoint}
         self._bytes: dict[Endpoint, int] = dict.fromkeys(Endpoint, 0)
+        self._earliest: dict[Endpoint, float] = dict.fromkeys(Endpoint, float("inf"))
         self._overflow: dict[Endpoint, list[Pending]] = {e: [] for e in Endpoint}
         self._wake: dict[Endpoint, asyncio.Event] = {e: asyncio.Event() for e in Endpoint}
         self._sending: set[asyncio.Task[None]] = set()
@@ -87,38 +109,48 @@ class Batcher:
         start = time.monotonic() if consumed_at is None else consumed_at
         return start + self._linger_s * self._linger_factor()
 
-    async def submit(
+    def submit(
         self,
         endpoint: Endpoint,
         record_id: str,
         record: dict[str, Any],
         deadline: float,
+        waiter: Any,
         event_id: str | None = None,
-    ) -> Ack:
-        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        size = len(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()) + 1
+        encoded: bytes | None = None,
+    ) -> Pending:
+        """Queue a record (``encoded``: its JSON, when the caller has it already); returns the
+        Pending that now carries ``waiter`` (for a contact already waiting, the one it was
+        merged into: more waiters may join it)."""
         pending = Pending(
-            record_id, record, size, deadline, [future], [event_id] if event_id else []
+            record_id,
+            record,
+            encode(record) if encoded is None else encoded,
+            deadline,
+            [waiter],
+            [event_id] if event_id else [],
         )
-        self._add(endpoint, pending)
-        return await future
+        return self._add(endpoint, pending)
 
-    def _add(self, endpoint: Endpoint, pending: Pending) -> None:
+    def _add(self, endpoint: Endpoint, pending: Pending) -> Pending:
         batch = self._open[endpoint]
         waiting = batch.get(pending.record_id)
-        if waiting is not None:
-            if endpoint is Endpoint.CONTACTS:
-                waiting.futures.extend(pending.futures)
-                waiting.event_ids.extend(pending.event_ids)
-                self._bytes[endpoint] += pending.size - waiting.size
-                waiting.record, waiting.size = pending.record, pending.size
-                waiting.deadline = min(waiting.deadline, pending.deadline)
-            else:
-                self._overflow[endpoint].append(pending)
+        if waiting is not None and endpoint is Endpoint.CONTACTS:
+            waiting.waiters.extend(pending.waiters)
+            waiting.event_ids.extend(pending.event_ids)
+            self._bytes[endpoint] += pending.size - waiting.size
+            waiting.record, waiting.encoded = pending.record, pending.encoded
+            waiting.deadline = min(waiting.deadline, pending.deadline)
+            pending = waiting
+        elif waiting is not None:
+            self._overflow[endpoint].append(pending)
         else:
             batch[pending.record_id] = pending
             self._bytes[endpoint] += pending.size
+        if pending.deadline < self._earliest[endpoint]:
+            self._earliest[endpoint] = pending.deadline
         self._wake[endpoint].set()
+        return pending
 
     def flush_soon(self) -> None:
         """Send whatever waits without lingering (revocation, shutdown)."""
@@ -143,7 +175,7 @@ class Batcher:
             if full and in_flight < self._max_in_flight:
                 self._cut(endpoint)
                 continue
-            delay = min(p.deadline for p in batch.values()) - time.monotonic()
+            delay = self._earliest[endpoint] - time.monotonic()
             if (delay <= 0 or self._flush_now) and in_flight == 0:
                 self._cut(endpoint)
                 continue
@@ -165,18 +197,27 @@ class Batcher:
             records.append(batch.pop(record_id))
             size += pending.size
         self._bytes[endpoint] -= size
+        self._earliest[endpoint] = min((p.deadline for p in batch.values()), default=float("inf"))
         overflow, self._overflow[endpoint] = self._overflow[endpoint], []
         for pending in overflow:
             self._add(endpoint, pending)
         self._in_flight[endpoint] += 1
         task = asyncio.create_task(self._send(endpoint, records), name=f"send:{endpoint}")
         self._sending.add(task)
-        task.add_done_callback(functools.partial(self._sent, endpoint))
+        task.add_done_callback(functools.partial(self._sent, endpoint, records))
 
-    def _sent(self, endpoint: Endpoint, task: asyncio.Task[None]) -> None:
+    def _sent(self, endpoint: Endpoint, records: list[Pending], task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
         self._in_flight[endpoint] -= 1
         self._wake[endpoint].set()
+        if task.cancelled():
+            return  # abandoned at shutdown: nobody is left to tell
+        error = task.exception()
+        failure = error if isinstance(error, Exception) else None
+        for pending in records:
+            if pending.result is None:
+                pending.result = failure or RuntimeError("the upload ended without an answer")
+        self._on_settled(endpoint, records)
 
     async def close(self) -> None:
         """Stop at once. Uploads still out (retrying through an outage) are abandoned: their

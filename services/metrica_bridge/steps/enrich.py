@@ -8,11 +8,13 @@ the normalised value (``phones_md5`` / ``emails_md5``) instead of in clear.
 from __future__ import annotations
 
 import hashlib
-import json
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from metrica_bridge import normalize
 from metrica_bridge.events import LeadCreated
 from metrica_bridge.metrica.records import ContactRecord
+from metrica_bridge.steps.batch import encode
 from metrica_bridge.store.base import Identity, IdentityUpdate
 
 
@@ -48,7 +50,17 @@ def contact_record(identity: Identity, hash_identifiers: bool) -> ContactRecord:
     )
 
 
-def fingerprint(rendered: dict[str, object]) -> str:
-    """Stable digest of what Metrica would hold for the contact (not personal data itself)."""
-    canonical = json.dumps(rendered, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+def contact(
+    identity: Identity, hash_identifiers: bool, zone: ZoneInfo
+) -> tuple[dict[str, Any], bytes, str]:
+    """The contact record as Metrica gets it, its JSON (as it goes into the upload), and its
+    fingerprint."""
+    rendered = contact_record(identity, hash_identifiers).render(zone)
+    encoded = encode(rendered)
+    return rendered, encoded, fingerprint(encoded)
+
+
+def fingerprint(encoded: bytes) -> str:
+    """Stable digest of what Metrica would hold for the contact (not personal data itself): of
+    its JSON, whose key order the renderer fixes and whose lists are sorted."""
+    return hashlib.sha256(encoded).hexdigest()[:32]

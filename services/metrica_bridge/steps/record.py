@@ -1,4 +1,5 @@
-"""Record outcomes: one atomic store write per group of events, then the metrics.
+"""Record outcomes: one atomic store write for a whole round of finished events, then the
+metrics.
 
 Events complete only after their outcome is durable; the offset tracker hears about them after
 that, so a crash re-delivers exactly the events whose outcome was not yet written.
@@ -6,36 +7,32 @@ that, so a crash re-delivers exactly the events whose outcome was not yet writte
 
 from __future__ import annotations
 
-from metrica_bridge.engine.loader import BatchCall
+import asyncio
+from collections import Counter
+
+from metrica_bridge.logs import get_logger
 from metrica_bridge.metrics import EVENTS_PROCESSED
-from metrica_bridge.store.base import Changes, Store
+from metrica_bridge.store.base import Changes, Store, StoreError
 
-
-def _merge(batch: list[Changes]) -> Changes:
-    merged = Changes()
-    for changes in batch:
-        merged.ledger.extend(changes.ledger)
-        merged.orders.extend(changes.orders)
-        merged.contacts_uploaded.update(changes.contacts_uploaded)
-        merged.release_claims.extend(changes.release_claims)
-        merged.park.extend(changes.park)
-        merged.unpark.extend(changes.unpark)
-        merged.unlease.extend(changes.unlease)
-    return merged
+log = get_logger("metrica_bridge.steps.record")
 
 
 class Recorder:
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._apply: BatchCall[Changes, None] = BatchCall(self._write, max_batch=2_000)
 
-    def _write(self, batch: list[Changes]) -> list[None]:
-        # Orders of one group are distinct deals: claims serialise updates of one order.
-        self._store.apply(_merge(batch))
-        return [None] * len(batch)
-
-    async def apply(self, changes: Changes) -> None:
-        if changes:
-            await self._apply(changes)
-        for entry in changes.ledger:
-            EVENTS_PROCESSED.labels(topic=entry.topic, outcome=entry.outcome).inc()
+    async def apply(self, changes: Changes, outcomes: Counter[tuple[str, str]]) -> None:
+        """Write ``changes``, retrying in place on store errors (a PostgreSQL deadlock, a
+        failover): what Metrica already accepted must be recorded, not handled again from
+        scratch — that would send it twice. ``outcomes`` counts events by (topic, outcome)."""
+        delay = 0.05
+        while changes:
+            try:
+                await asyncio.to_thread(self._store.apply, changes)
+                break
+            except StoreError as exc:
+                log.warning("recording outcomes failed; retrying", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for (topic, outcome), count in outcomes.items():
+            EVENTS_PROCESSED.labels(topic=topic, outcome=outcome).inc(count)

@@ -1,6 +1,6 @@
-"""Send one batch to Metrica and settle every record's future.
+"""Send one batch to Metrica and settle every record in it (its ``result``).
 
-* accepted → each record's futures get the :class:`Ack`;
+* accepted → each record gets the :class:`Ack`;
 * permanent (400) → isolate the bad rows (the rows Metrica named, else split the batch in
   halves), send the good ones, fail the bad ones with :class:`Rejected`;
 * retry budget spent → fail with the client's ``RetryExhausted`` (the events go to the DLQ);
@@ -53,15 +53,11 @@ class Sender:
     async def __call__(self, endpoint: Endpoint, batch: list[Pending]) -> None:
         try:
             await self._send(endpoint, batch)
-        except BaseException as exc:
-            # Whatever happened, no waiter may hang: fail the ones still open.
-            error = exc if isinstance(exc, Exception) else asyncio.CancelledError()
+        except Exception as exc:
+            # Whatever happened, every record gets an answer (the batcher reports them all).
             for pending in batch:
-                for future in pending.futures:
-                    if not future.done():
-                        future.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
+                if pending.result is None:
+                    pending.result = exc
 
     async def _send(self, endpoint: Endpoint, batch: list[Pending]) -> None:
         while True:
@@ -84,19 +80,13 @@ class Sender:
             return
 
     async def _upload(self, endpoint: Endpoint, batch: list[Pending]) -> None:
-        records = [p.record for p in batch]
-        upload = (
-            self._client.upload_contacts
-            if endpoint is Endpoint.CONTACTS
-            else self._client.upload_orders
-        )
         intent = UploadIntent(
             uuid.uuid4().hex, self._owner, endpoint.value, len(batch), datetime.now(UTC)
         )
         events = [event_id for p in batch for event_id in p.event_ids]
         await asyncio.to_thread(self._store.begin_upload, intent, events)
         try:
-            result = await upload(records)
+            result = await self._client.upload_encoded(endpoint.value, [p.encoded for p in batch])
         except MetricaError as exc:
             # Refused, or given up: either way Metrica holds none of it.
             await asyncio.to_thread(self._store.finish_upload, intent.intent_id, None)
@@ -106,9 +96,7 @@ class Sender:
                 raise
             else:
                 for pending in batch:
-                    for future in pending.futures:
-                        if not future.done():
-                            future.set_exception(exc)
+                    pending.result = exc
             return
         # Known before the outcome is recorded: a crash in between is recognised on recovery.
         await asyncio.to_thread(self._store.finish_upload, intent.intent_id, result.uploading_id)
@@ -117,9 +105,7 @@ class Sender:
         UPLOAD_RECORDS.labels(endpoint=endpoint.value).observe(len(batch))
         LAST_SUCCESSFUL_UPLOAD.set(now)
         for pending in batch:
-            for future in pending.futures:
-                if not future.done():
-                    future.set_result(ack)
+            pending.result = ack
 
     async def _isolate(self, endpoint: Endpoint, batch: list[Pending], exc: PermanentError) -> None:
         if len(batch) == 1:
@@ -140,7 +126,4 @@ class Sender:
 
 
 def _reject(pending: Pending, exc: PermanentError) -> None:
-    reason = f"rejected by Metrica: {exc.message}"
-    for future in pending.futures:
-        if not future.done():
-            future.set_exception(Rejected(reason))
+    pending.result = Rejected(f"rejected by Metrica: {exc.message}")

@@ -71,7 +71,8 @@ def _opt_decimal(raw: str | None) -> Decimal | None:
 
 
 def _ids(raw: str) -> tuple[str, ...]:
-    return () if raw == "[]" else tuple(sorted(json.loads(raw)))
+    # Written sorted and unique (encode_list of an Identity's tuples).
+    return () if raw == "[]" else tuple(json.loads(raw))
 
 
 class SqliteStore:

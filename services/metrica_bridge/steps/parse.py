@@ -1,0 +1,38 @@
+"""Decode (Avro) and validate (the event contract) one consumed record.
+
+A bad record is returned with its class and a reason for the DLQ, never raised. The one
+exception that escapes is :class:`SchemaUnavailable`: the Schema Registry could not be asked
+right now, which is our outage, not the record's fault, so it is retried, not dead-lettered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from metrica_bridge.codec import Codec, DecodeError, SchemaUnavailable
+from metrica_bridge.events import Event, EventKind, InvalidEvent, LeadCreated, expected_kind
+from metrica_bridge.events import parse_event as validate
+from metrica_bridge.metrics import IDENTIFIERS_DROPPED, ErrorClass
+from metrica_bridge.steps.dlq import SourceRecord
+
+Poison = tuple[ErrorClass, str]
+
+
+def parse(codec: Codec, kinds: Mapping[str, EventKind], source: SourceRecord) -> Event | Poison:
+    try:
+        decoded = codec.decode(source.value)
+    except SchemaUnavailable:
+        raise
+    except DecodeError as exc:
+        return ErrorClass.DECODE_ERROR, exc.reason
+    try:
+        event = validate(decoded.schema_name, decoded.record)
+        expected_kind(event, kinds[source.topic])
+    except InvalidEvent as exc:
+        return ErrorClass.INVALID_EVENT, exc.reason
+    key = source.key.decode("utf-8", "replace") if source.key is not None else None
+    if key is not None and key != event.key:
+        return ErrorClass.INVALID_EVENT, "record key does not match the event's entity id"
+    if isinstance(event, LeadCreated) and event.dropped_identifiers:
+        IDENTIFIERS_DROPPED.labels(topic=source.topic).inc(event.dropped_identifiers)
+    return event
