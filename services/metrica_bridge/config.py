@@ -66,8 +66,8 @@ class Settings(BaseModel):
     # Tuning knobs of our own (documented in the README's configuration table).
     create_topics: bool = True
     hash_identifiers: bool = False
-    worker_concurrency: int = Field(default=20_000, ge=1)
-    max_in_flight_events: int = Field(default=20_000, ge=1)
+    worker_concurrency: int = Field(default=10_000, ge=1)
+    max_in_flight_events: int = Field(default=10_000, ge=1)
     batch_max_records: int = Field(default=1_000, ge=1)
     batch_max_bytes: int = Field(default=2_000_000, ge=1_000)
     batch_linger_ms: int = Field(default=2_000, ge=0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import time
 import uuid
@@ -12,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from metrica_bridge import runtime
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import ConfigError, Settings
 from metrica_bridge.engine.align import Alignment
@@ -41,7 +41,6 @@ log = get_logger("metrica_bridge.service")
 DEFAULT_PARTITIONS = 6
 SETUP_RETRY_S = 30.0
 TRANSIENT_RETRY_S = 2.0  # after a counter lookup that ran out of retries
-GC_THRESHOLD = 10_000  # container allocations between two young-generation collections
 
 
 class Service:
@@ -143,7 +142,7 @@ class Service:
                 asyncio.create_task(sweeper.run(), name="park-sweeper"),
                 asyncio.create_task(self._housekeeping(client, pipeline), name="housekeeping"),
             ]
-            _tune_gc()
+            runtime.tune_gc()
             self.started.set()
             log.info("running", topics=topics, timezone=timezone, store=s.store_url.split(":")[0])
             await stop.wait()
@@ -210,16 +209,6 @@ class Service:
             await asyncio.sleep(LEASE_RENEW_S)
 
 
-def _tune_gc() -> None:
-    """Fewer cyclic-GC passes. Tens of thousands of in-flight events are alive at once, and
-    with the default thresholds (700, 10, 10) the collector ran every few hundred of them and
-    walked the whole heap often: a third of the engine's CPU (docs/benchmarks.md). What is
-    alive after start-up (modules, schemas, settings) is frozen out of every pass."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 10, 10)
-
-
 def _fetch_wait_s(kafka: dict[str, str]) -> float:
     """How long a fetch may wait at a partition's end (librdkafka's default: 500 ms)."""
     try:
@@ -249,6 +238,7 @@ def run_service(settings: Settings, kinds: Sequence[EventKind] | None = None) ->
             raise SystemExit("shutdown timed out")
         task.result()
 
+    runtime.limit_malloc_arenas()  # before any thread starts
     try:
         asyncio.run(main())
     except ConfigError as exc:

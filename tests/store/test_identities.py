@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from metrica_bridge.store import Changes, IdentityUpdate, Store
 from tests.store.builders import run_together
@@ -49,6 +49,39 @@ def test_merge_is_a_set_union_with_latest_name_and_consent(store: Store) -> None
     # a lead repeating what is known changes nothing
     assert store.merge_identities([IdentityUpdate("c1", client_ids=("111",))]) == again
     assert store.identities(["c1"]) == again
+
+
+def test_consent_is_the_most_recent_leads_however_late_an_older_one_is_handled(
+    store: Store,
+) -> None:
+    t0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+    newer = IdentityUpdate("c1", phones=("79990000001",), consent=True, consent_at=t0)
+    older = IdentityUpdate("c1", consent=False, consent_at=t0 - timedelta(hours=1))
+    store.merge_identities([newer])
+    # An older lead handled late (released from the park, replayed): its "no" is history.
+    late = store.merge_identities([older])["c1"]
+    assert late.consent is True
+    assert late.consent_at == t0
+    assert late.has_identifier()
+    assert store.identities(["c1"])["c1"] == late
+    # In one batch, in either order: the newer statement holds.
+    for batch in ([older, newer], [newer, older]):
+        cid = f"c-{len(batch)}-{batch[0] is older}"
+        got = store.merge_identities(
+            [
+                IdentityUpdate(cid, phones=u.phones, consent=u.consent, consent_at=u.consent_at)
+                for u in batch
+            ]
+        )[cid]
+        assert (got.consent, got.consent_at) == (True, t0)
+    # A newer "no" does win, and one without a time counts as the latest handled.
+    withdrawn = store.merge_identities(
+        [IdentityUpdate("c1", consent=False, consent_at=t0 + timedelta(minutes=1))]
+    )["c1"]
+    assert withdrawn.consent is False
+    assert not withdrawn.has_identifier()
+    untimed = store.merge_identities([IdentityUpdate("c1", consent=True)])["c1"]
+    assert untimed.consent is True
 
 
 def test_has_identifier_follows_consent(store: Store) -> None:

@@ -44,6 +44,7 @@ class _Topic:
     # Held records per partition: in order within one (a deal's events stay in order), and one
     # partition read far ahead does not hold back another's admissible records behind it.
     held: dict[int, deque[Work]] = field(default_factory=dict)
+    count: int = 0  # records held, all partitions
 
 
 class Alignment:
@@ -57,7 +58,11 @@ class Alignment:
 
     def __len__(self) -> int:
         """Records held."""
-        return sum(len(q) for t in self._topics.values() for q in t.held.values())
+        return sum(t.count for t in self._topics.values())
+
+    def held(self, topic: str) -> int:
+        state = self._topics.get(topic)
+        return 0 if state is None else state.count
 
     # -- what the consumers report -----------------------------------------------------------
     def assigned(self, topic: str, tps: Iterable[TopicPartition]) -> None:
@@ -98,6 +103,7 @@ class Alignment:
                 return False
             queue = state.held[source.partition] = deque()
         queue.append(work)
+        state.count += 1
         return True
 
     def release(self, now: float) -> list[Work]:
@@ -116,6 +122,7 @@ class Alignment:
                     or held[0].consumed_at + self._max_hold_s <= now
                 ):
                     out.append(held.popleft())
+                    state.count -= 1
                 if not held:
                     del state.held[partition]
         return out
@@ -124,7 +131,9 @@ class Alignment:
         dropped: list[Work] = []
         for topic, state in self._topics.items():
             for partition in [p for p in state.held if (topic, p) in tps]:
-                dropped.extend(state.held.pop(partition))
+                gone = state.held.pop(partition)
+                state.count -= len(gone)
+                dropped.extend(gone)
         return dropped
 
     @staticmethod

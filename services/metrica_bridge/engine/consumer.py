@@ -41,12 +41,16 @@ CONSUMER_DEFAULTS: dict[str, str] = {
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "cooperative-sticky",
     "statistics.interval.ms": "5000",
-    # librdkafka prefetches up to 64 MiB per consumer by default; the engine, not the fetch, is
-    # the bottleneck, so a smaller queue only saves memory (override: KAFKA_QUEUED_MAX_MESSAGES_KBYTES).
-    "queued.max.messages.kbytes": "16384",
+    # librdkafka prefetches up to 64 MiB per consumer by default, and a fetch may bring 50 MiB;
+    # the engine, not the fetch, is the bottleneck, so smaller buffers only save memory (50 MiB
+    # of RSS for three consumers on a backlog; override: KAFKA_QUEUED_MAX_MESSAGES_KBYTES,
+    # KAFKA_FETCH_MAX_BYTES).
+    "queued.max.messages.kbytes": "4096",
+    "fetch.max.bytes": "4194304",
     # Fetch every partition in small slices (librdkafka's default is 1 MiB, ~7,000 events, per
-    # partition), so a consumer holding its in-flight limit has read all its partitions evenly:
-    # event-time alignment (engine/align.py) waits for the slowest partition of each topic.
+    # partition; a broker still returns a whole first batch), so a consumer at its in-flight
+    # limit has read its partitions about evenly: event-time alignment (engine/align.py) waits
+    # for the slowest partition of each topic.
     "max.partition.fetch.bytes": "131072",
     # The end of a partition is news to the engine: a lead partition at its end holds no deal
     # event back (engine/align.py).

@@ -107,9 +107,8 @@ class TopicRunner:
         self.pipeline.consume(kept, self._complete)
         self.pipeline.alignment.at_end(self.topic, (tp for tp in at_end if tp in assigned))
         self._consumed.inc(len(records))
-        in_flight = tracker.in_flight()
-        self._in_flight.set(in_flight)
-        if not self._paused and in_flight >= self.settings.max_in_flight_events:
+        self._in_flight.set(tracker.in_flight())
+        if not self._paused and self._too_much():
             self._set_paused(True)
 
     def _complete(self, work: Work) -> None:
@@ -143,6 +142,13 @@ class TopicRunner:
         return offsets
 
     # -- commits and backpressure --------------------------------------------------------------
+    def _too_much(self, share: float = 1.0) -> bool:
+        """In flight beyond the limit, or too far ahead of the topics upstream: records held for
+        them are only memory (a quarter of the limit is plenty to keep the engine busy)."""
+        limit = self.settings.max_in_flight_events * share
+        held = self.pipeline.alignment.held(self.topic)
+        return self.tracker.in_flight() >= limit or held >= max(1.0, limit / 4)
+
     def _set_paused(self, paused: bool) -> None:
         # Read by the consumer thread before its next poll (a plain attribute: atomic).
         self._paused = paused
@@ -162,7 +168,7 @@ class TopicRunner:
             await asyncio.sleep(min(interval, 0.1))
             in_flight = self.tracker.in_flight()
             IN_FLIGHT.labels(topic=self.topic).set(in_flight)
-            if self._paused and in_flight <= self.settings.max_in_flight_events // 2:
+            if self._paused and not self._too_much(share=0.5):
                 self._set_paused(False)
             if time.monotonic() < next_commit:
                 continue

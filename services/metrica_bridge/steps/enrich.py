@@ -27,6 +27,7 @@ def identity_update(lead: LeadCreated) -> IdentityUpdate:
         emails=client.emails,
         name=client.name,
         consent=lead.consent,
+        consent_at=lead.occurred_at,
     )
 
 

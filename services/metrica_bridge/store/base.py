@@ -43,6 +43,8 @@ class IdentityUpdate:
     emails: tuple[str, ...] = ()  # normalised
     name: str | None = None
     consent: bool | None = None  # None: unchanged; the latest lead's consent wins
+    consent_at: datetime | None = None  # when the lead stated it: a lead older than the
+    # consent already known does not override it, however late it is handled
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class Identity:
     emails: tuple[str, ...] = ()
     name: str | None = None
     consent: bool = True
+    consent_at: datetime | None = None  # occurred_at of the lead the consent comes from
     uploaded_fingerprint: str | None = None  # fingerprint of the contact last accepted by Metrica
     created_at: datetime | None = None
 

@@ -96,17 +96,35 @@ def fold_updates(updates: Iterable[IdentityUpdate]) -> dict[str, IdentityUpdate]
                 emails=tuple(sorted(set(update.emails))),
                 name=update.name,
                 consent=update.consent,
+                consent_at=update.consent_at if update.consent is not None else None,
             )
         else:
+            consent, consent_at = newer_consent(
+                prev.consent, prev.consent_at, update.consent, update.consent_at
+            )
             out[update.client_uniq_id] = IdentityUpdate(
                 client_uniq_id=update.client_uniq_id,
                 client_ids=union(prev.client_ids, update.client_ids),
                 phones=union(prev.phones, update.phones),
                 emails=union(prev.emails, update.emails),
                 name=update.name if update.name is not None else prev.name,
-                consent=update.consent if update.consent is not None else prev.consent,
+                consent=consent,
+                consent_at=consent_at,
             )
     return out
+
+
+def newer_consent(
+    current: bool | None, current_at: datetime | None, stated: bool | None, at: datetime | None
+) -> tuple[bool | None, datetime | None]:
+    """The consent that holds: the one stated by the most recent lead (by its occurred_at), so a
+    lead handled late (released from the park, replayed, on a slower partition) cannot bring
+    back an older choice. Without a time on either side, the one handled last wins."""
+    if stated is None:
+        return current, current_at
+    if current is None or current_at is None or at is None or at >= current_at:
+        return stated, at
+    return current, current_at
 
 
 def union(a: Iterable[str], b: Iterable[str]) -> tuple[str, ...]:
@@ -122,15 +140,20 @@ def merge_identity(current: Identity | None, update: IdentityUpdate, now: dateti
             emails=tuple(sorted(set(update.emails))),
             name=update.name,
             consent=True if update.consent is None else update.consent,
+            consent_at=update.consent_at if update.consent is not None else None,
             created_at=now,
         )
+    consent, consent_at = newer_consent(
+        current.consent, current.consent_at, update.consent, update.consent_at
+    )
     return replace(
         current,
         client_ids=union(current.client_ids, update.client_ids),
         phones=union(current.phones, update.phones),
         emails=union(current.emails, update.emails),
         name=update.name if update.name is not None else current.name,
-        consent=update.consent if update.consent is not None else current.consent,
+        consent=bool(consent),
+        consent_at=consent_at,
     )
 
 

@@ -190,19 +190,22 @@ class PostgresStore:
         with self._conn("merge_identities") as conn:
             result = conn.execute(
                 "INSERT INTO identities AS i (client_uniq_id, client_ids, phones, emails, name,"
-                " consent)"
+                " consent, consent_at)"
                 " SELECT u.cid, ARRAY(SELECT jsonb_array_elements_text(u.ids)),"
                 "  ARRAY(SELECT jsonb_array_elements_text(u.phones)),"
-                "  ARRAY(SELECT jsonb_array_elements_text(u.emails)), u.name, u.consent"
+                "  ARRAY(SELECT jsonb_array_elements_text(u.emails)), u.name, u.consent, u.at"
                 " FROM unnest(%s::text[], %s::jsonb[], %s::jsonb[], %s::jsonb[], %s::text[],"
-                "  %s::boolean[]) AS u(cid, ids, phones, emails, name, consent)"
+                "  %s::boolean[], %s::timestamptz[]) AS u(cid, ids, phones, emails, name, consent, at)"
                 " ORDER BY u.cid"
                 " ON CONFLICT (client_uniq_id) DO UPDATE SET"
                 "  client_ids = ARRAY(SELECT DISTINCT unnest(i.client_ids || EXCLUDED.client_ids)),"
                 "  phones = ARRAY(SELECT DISTINCT unnest(i.phones || EXCLUDED.phones)),"
                 "  emails = ARRAY(SELECT DISTINCT unnest(i.emails || EXCLUDED.emails)),"
                 "  name = COALESCE(EXCLUDED.name, i.name),"
-                "  consent = COALESCE(EXCLUDED.consent, i.consent)"
+                # codec.newer_consent, in SQL: the consent of the most recent lead holds
+                f"  consent = CASE WHEN {_NEWER_CONSENT} THEN EXCLUDED.consent ELSE i.consent END,"
+                f"  consent_at = CASE WHEN {_NEWER_CONSENT} THEN EXCLUDED.consent_at"
+                "   ELSE i.consent_at END"
                 " RETURNING " + _IDENTITY_COLUMNS,
                 (
                     [u.client_uniq_id for u in rows],
@@ -211,6 +214,7 @@ class PostgresStore:
                     [json.dumps(list(u.emails)) for u in rows],
                     [u.name for u in rows],
                     [u.consent for u in rows],
+                    [u.consent_at if u.consent is not None else None for u in rows],
                 ),
             ).fetchall()
         return {row[0]: _identity(row) for row in result}
@@ -461,7 +465,12 @@ class PostgresStore:
 
 
 _IDENTITY_COLUMNS = (
-    "client_uniq_id, client_ids, phones, emails, name, consent, uploaded_fingerprint, created_at"
+    "client_uniq_id, client_ids, phones, emails, name, consent, uploaded_fingerprint, created_at,"
+    " consent_at"
+)
+_NEWER_CONSENT = (
+    "EXCLUDED.consent IS NOT NULL AND (i.consent IS NULL OR i.consent_at IS NULL"
+    " OR EXCLUDED.consent_at IS NULL OR EXCLUDED.consent_at >= i.consent_at)"
 )
 
 
@@ -473,6 +482,7 @@ def _identity(row: Sequence[Any]) -> Identity:
         emails=tuple(sorted(set(row[3]))),
         name=row[4],
         consent=True if row[5] is None else bool(row[5]),  # NULL: never stated, default on
+        consent_at=None if row[8] is None else utc(row[8]),
         uploaded_fingerprint=row[6],
         created_at=utc(row[7]),
     )

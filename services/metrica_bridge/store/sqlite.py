@@ -247,11 +247,12 @@ class SqliteStore:
             changed = [ident for cid, ident in sorted(merged.items()) if ident != current.get(cid)]
             conn.executemany(
                 "INSERT INTO identities (client_uniq_id, client_ids, phones, emails, name,"
-                " consent, has_identifier, uploaded_fingerprint, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " consent, consent_at, has_identifier, uploaded_fingerprint, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (client_uniq_id) DO UPDATE SET client_ids = excluded.client_ids,"
                 " phones = excluded.phones, emails = excluded.emails, name = excluded.name,"
-                " consent = excluded.consent, has_identifier = excluded.has_identifier",
+                " consent = excluded.consent, consent_at = excluded.consent_at,"
+                " has_identifier = excluded.has_identifier",
                 [
                     (
                         ident.client_uniq_id,
@@ -260,6 +261,7 @@ class SqliteStore:
                         encode_list(ident.emails),
                         ident.name,
                         int(ident.consent),
+                        _opt_us(ident.consent_at),
                         int(ident.has_identifier()),
                         ident.uploaded_fingerprint,
                         to_us(ident.created_at or now),
@@ -279,7 +281,8 @@ class SqliteStore:
     def _identities(self, conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Identity]:
         sql = (
             "SELECT client_uniq_id, client_ids, phones, emails, name, consent,"
-            " uploaded_fingerprint, created_at FROM identities WHERE client_uniq_id IN ({marks})"
+            " uploaded_fingerprint, created_at, consent_at"
+            " FROM identities WHERE client_uniq_id IN ({marks})"
         )
         return {
             row[0]: Identity(
@@ -289,6 +292,7 @@ class SqliteStore:
                 emails=_ids(row[3]),
                 name=row[4],
                 consent=bool(row[5]),
+                consent_at=_opt_dt(row[8]),
                 uploaded_fingerprint=row[6],
                 created_at=from_us(row[7]),
             )
