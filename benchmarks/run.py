@@ -10,6 +10,9 @@ Scenarios (``--only`` picks some; the default runs all, in this order):
   with our :class:`~metrica_bridge.codec.Codec`: the most any consumer of these topics could do;
 * ``sqlite`` / ``postgres`` — the service on the same backlog (produced before it starts), from
   its first fetch to the last upload the sandbox accepted;
+* ``sqlite-x2`` / ``postgres-x2`` — the same with two instances (one per core; one consumer group
+  per topic shared by both, one store), Metrica's 3 parallel requests and the request rate
+  split between them, as an operator scales on one host;
 * ``naive`` — one request per event, no batching, one worker, on a small sample;
 * ``steady`` — 1,000 events/s for a minute, occurred_at = produce time: end-to-end latency;
 * ``profile`` — py-spy samples the service on a backlog: where the time goes;
@@ -58,7 +61,24 @@ from metrica_bridge.sandbox import SandboxServer
 from metrica_bridge.sandbox.quotas import QuotaLimits
 from metrica_bridge.simulate import SimulatedMessage, SimulationConfig, generate, produce
 
-SCENARIOS = ("ceiling", "sqlite", "postgres", "naive", "steady", "profile", "memory")
+SCENARIOS = (
+    "ceiling",
+    "sqlite",
+    "postgres",
+    "sqlite-x2",
+    "postgres-x2",
+    "naive",
+    "steady",
+    "profile",
+    "memory",
+)
+# Backlog scenarios: (store, instances of `metrica-bridge run` in one consumer group per topic).
+BACKLOG_RUNS = {
+    "sqlite": ("sqlite", 1),
+    "postgres": ("postgres", 1),
+    "sqlite-x2": ("sqlite", 2),
+    "postgres-x2": ("postgres", 2),
+}
 PARTITIONS = 6  # what the service creates (service.DEFAULT_PARTITIONS)
 COUNTER = 4242
 TOKEN = "bench-" + uuid.uuid4().hex
@@ -255,6 +275,52 @@ class ServiceProcess:
                 self.proc.wait(10)
 
 
+@dataclass
+class ServiceGroup:
+    """Instances of the service in the same consumer groups, measured as one."""
+
+    members: list[ServiceProcess]
+
+    @property
+    def pid(self) -> int:
+        return self.members[0].pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.members[0].log_path
+
+    @property
+    def hwm_kib(self) -> int:
+        """The largest instance's peak: what one process needs."""
+        return max(m.hwm_kib for m in self.members)
+
+    def alive(self) -> bool:
+        return all(m.alive() for m in self.members)
+
+    def memory(self) -> tuple[int, int]:
+        each = [m.memory() for m in self.members]
+        return max(r for r, _ in each), max(h for _, h in each)
+
+    def cpu_s(self) -> float:
+        return sum(m.cpu_s() for m in self.members)
+
+    def metrics(self) -> Samples:
+        """Every instance's samples together: counters and histograms add up."""
+        merged: Samples = defaultdict(list)
+        for member in self.members:
+            for name, values in member.metrics().items():
+                merged[name].extend(values)
+        return merged
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        for member in self.members:
+            member.wait_ready(timeout)
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+
 # -- the bench -------------------------------------------------------------------------------
 
 
@@ -336,8 +402,21 @@ class Bench:
         return str(self._pg.get_uri(database=database))
 
     def service(
-        self, names: Mapping[EventKind, str], sandbox: SandboxServer, store_url: str, **env: object
-    ) -> ServiceProcess:
+        self,
+        names: Mapping[EventKind, str],
+        sandbox: SandboxServer,
+        store_url: str,
+        instances: int = 1,
+        **env: object,
+    ) -> ServiceGroup:
+        split: dict[str, str] = {}
+        if instances > 1:
+            # Metrica's limits are per token across every process: share them out.
+            rate = float(BASE_ENV["METRICA_REQUESTS_PER_SECOND"]) / instances
+            split = {
+                "METRICA_MAX_PARALLEL": str(max(1, 3 // instances)),
+                "METRICA_REQUESTS_PER_SECOND": f"{rate:g}",
+            }
         values = {
             **BASE_ENV,
             "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
@@ -350,15 +429,20 @@ class Bench:
             "TOPIC_DEAL_STATUS_CHANGED": names[EventKind.DEAL_STATUS_CHANGED],
             "TOPIC_PAYMENT_RECEIVED": names[EventKind.PAYMENT_RECEIVED],
             "CONSUMER_GROUP_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
+            **split,
             **{k.upper(): str(v) for k, v in env.items()},
         }
-        log_path = self.workdir / f"service-{uuid.uuid4().hex[:6]}.log"
-        return ServiceProcess(values, log_path).start()
+        return ServiceGroup(
+            [
+                ServiceProcess(values, self.workdir / f"service-{uuid.uuid4().hex[:6]}.log").start()
+                for _ in range(instances)
+            ]
+        )
 
     # -- measuring one service run on a backlog ------------------------------------------
     def drain(
         self,
-        service: ServiceProcess,
+        service: ServiceGroup,
         sandbox: SandboxServer,
         expected: int,
         *,
@@ -424,7 +508,7 @@ class Bench:
         events: int,
         timeline: dict[str, Any],
         samples: Samples,
-        service: ServiceProcess,
+        service: ServiceGroup,
     ) -> dict[str, Any]:
         seconds = timeline["last_ack"] - timeline["first_fetch"]
         uploads = timeline["uploads"]
@@ -466,10 +550,11 @@ class Bench:
         *,
         profile_to: Path | None = None,
         memory_step: int = 0,
+        instances: int = 1,
         **env: object,
     ) -> dict[str, Any]:
         sandbox = self.sandbox()
-        service: ServiceProcess | None = None
+        service: ServiceGroup | None = None
         spy: subprocess.Popen[bytes] | None = None
         marks: dict[int, dict[str, float]] = {}
 
@@ -482,8 +567,11 @@ class Bench:
 
         try:
             url = self.store_url(store, label)
-            log(f"{label}: the service ({store}) on a backlog of {events:,} events")
-            service = self.service(names, sandbox, url, **env)
+            log(
+                f"{label}: the service ({store}, {instances} instance(s)) on a backlog of"
+                f" {events:,} events"
+            )
+            service = self.service(names, sandbox, url, instances, **env)
             if profile_to is not None:
                 spy = start_py_spy(service.pid, profile_to)
             timeline = self.drain(service, sandbox, events, on_progress=progress)
@@ -492,6 +580,7 @@ class Bench:
                 spy.wait(60)
                 spy = None
             result = self.summarize(events, timeline, service.metrics(), service)
+            result["instances"] = instances
             if marks:
                 result["memory_marks"] = marks
             log(
@@ -521,7 +610,7 @@ class Bench:
         count = sizes.steady_rate * sizes.steady_s
         names = self.topics("steady")
         sandbox = self.sandbox()
-        service: ServiceProcess | None = None
+        service: ServiceGroup | None = None
         first_event_ms: dict[str, int] = {}
         try:
             url = self.store_url("sqlite", "steady")
@@ -801,15 +890,17 @@ def main(argv: list[str] | None = None) -> int:
     log(f"work dir {workdir}; results → {out}")
     try:
         with Bench(sizes, workdir) as bench:
-            if {"ceiling", "sqlite", "postgres"} & set(wanted):
+            if {"ceiling", *BACKLOG_RUNS} & set(wanted):
                 names = bench.topics("backlog")
                 results["backlog_produce"] = bench.produce(names, sizes.backlog, seed=11)
                 if "ceiling" in wanted:
                     results["ceiling"] = bench.ceiling(names, sizes.backlog)
                     save()
-                for store in ("sqlite", "postgres"):
-                    if store in wanted:
-                        results[store] = bench.backlog_run(names, sizes.backlog, store, store)
+                for label, (store, instances) in BACKLOG_RUNS.items():
+                    if label in wanted:
+                        results[label] = bench.backlog_run(
+                            names, sizes.backlog, store, label, instances=instances
+                        )
                         save()
                 bench.drop_topics(names)
             if "naive" in wanted:
