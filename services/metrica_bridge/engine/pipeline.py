@@ -113,7 +113,7 @@ class Pipeline:
         hash_identifiers: bool = False,
         owner: str | None = None,
         reconciler: Reconciler | None = None,
-        concurrency: int = 20_000,
+        concurrency: int = 10_000,
         alignment: Alignment | None = None,
     ) -> None:
         self.store = store
@@ -290,8 +290,16 @@ class Pipeline:
         try:
             state = await asyncio.to_thread(self._read, ready, known, missing)
         except Exception as exc:
+            # The store failed us: one line for the round, not one per event.
+            delay = RETRY_INFRA_S[min(ready[0].attempts, len(RETRY_INFRA_S) - 1)]
+            log.error(
+                "round failed; its events are retried",
+                events=len(ready),
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=delay,
+            )
             for work in ready:
-                self._retry(work, exc)
+                self._retry(work, exc, quiet=True)
             return
         for work in ready:
             try:
@@ -630,16 +638,17 @@ class Pipeline:
         self._finished.append(work)
         self._wake.set()
 
-    def _retry(self, work: Work, error: BaseException | None) -> None:
+    def _retry(self, work: Work, error: BaseException | None, *, quiet: bool = False) -> None:
         """An infrastructure failure: the event is not handled; try it again from the start."""
         delay = RETRY_INFRA_S[min(work.attempts, len(RETRY_INFRA_S) - 1)]
         work.attempts += 1
-        log.error(
-            "event handling failed; retrying",
-            error=f"{type(error).__name__}: {error}",
-            retry_in_s=delay,
-            **work.log_fields(),
-        )
+        if not quiet:
+            log.error(
+                "event handling failed; retrying",
+                error=f"{type(error).__name__}: {error}",
+                retry_in_s=delay,
+                **work.log_fields(),
+            )
         self._back(work, delay)
 
     def _back(self, work: Work, delay: float) -> None:
@@ -651,8 +660,8 @@ class Pipeline:
 
     async def _record(self) -> None:
         works, self._finished = self._finished, []
-        changes = Changes(release_claims=self._release_claims)
-        self._release_claims = []
+        released, self._release_claims = self._release_claims, []
+        changes = Changes(release_claims=list(released))
         outcomes: Counter[tuple[str, str]] = Counter()
         parked: list[LedgerEntry] = []
         for work in works:
@@ -674,7 +683,14 @@ class Pipeline:
                 changes.unlease.append(work.ledger_id)
             if work.outcome is not None:
                 outcomes[(work.source.topic, work.outcome)] += 1
-        await self.recorder.apply(changes, outcomes)
+        try:
+            await self.recorder.apply(changes, outcomes)
+        except Exception:
+            # Not the store being down (the recorder waits that out): still, nothing finished
+            # may be lost, so these go round again with the next cycle.
+            self._finished[:0] = works
+            self._release_claims[:0] = released
+            raise
         self.dedupe.remember(changes.ledger)
         # A copy of a parked event arriving while it waits (a CRM retry) is a duplicate, not a
         # second parked event that would never get an outcome of its own.

@@ -1,0 +1,209 @@
+"""The engine in-process: real SQLite store, the sandbox over HTTP, the DLQ on the embedded
+broker. Everything handed to it in one go goes through in rounds and ends with exactly one
+outcome per event; one deal's updates never overlap, even when a lead that opens the deal and
+the deal's own events are in the same round."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from metrica_bridge.codec import Codec
+from metrica_bridge.config import PROJECT_ROOT
+from metrica_bridge.engine.pipeline import Batching, Pipeline, _Round
+from metrica_bridge.engine.work import Work
+from metrica_bridge.events import EventKind
+from metrica_bridge.kafka.admin import ensure_topics
+from metrica_bridge.kafka.producer import Producer
+from metrica_bridge.metrica.client import MetricaClient
+from metrica_bridge.metrica.status_map import parse_status_map
+from metrica_bridge.sandbox import SandboxServer
+from metrica_bridge.steps.dlq import DeadLetters, SourceRecord
+from metrica_bridge.steps.parse import parse
+from metrica_bridge.steps.send import Sender
+from metrica_bridge.store import open_store
+from tests.support import crm
+from tests.support.kafka import TopicFactory, consume_all
+from tests.support.stack import COUNTER, STATUS_MAP, TOKEN
+
+CODEC = Codec.from_dir(PROJECT_ROOT / "schemas")
+PAYMENT = "crm.events.PaymentReceived"
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+
+
+@dataclass
+class Engine:
+    pipeline: Pipeline
+    topics: dict[str, str]
+    db: Path
+    done: list[Work] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+
+    def feed(self, kind: str, key: str, value: bytes, ts_ms: int | None = None) -> None:
+        topic = self.topics[kind]
+        offset = self.offsets.get(topic, 0)
+        self.offsets[topic] = offset + 1
+        record = SourceRecord(topic, 0, offset, key.encode(), value, (), ts_ms)
+        self.pipeline.consume([record], self.done.append)
+
+    async def settle(self, count: int, within_s: float = 30) -> None:
+        deadline = time.monotonic() + within_s
+        while len(self.done) < count:
+            assert time.monotonic() < deadline, f"{len(self.done)} of {count} handled"
+            await asyncio.sleep(0.05)
+
+    def ledger(self) -> dict[str, tuple[str, str, str | None]]:
+        with sqlite3.connect(self.db) as conn:
+            rows = conn.execute("SELECT event_id, outcome, detail, upload_id FROM ledger")
+            return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+@pytest.fixture
+async def engine(
+    bootstrap: str, topics: TopicFactory, sandbox: SandboxServer, tmp_path: Path
+) -> AsyncIterator[Engine]:
+    names = topics.crm_topics(1)
+    ensure_topics(bootstrap, {f"{name}.dlq": 1 for name in names.values()})
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    client = MetricaClient(api_url=sandbox.url, counter_id=COUNTER, token=SecretStr(TOKEN))
+    producer = Producer({"bootstrap.servers": bootstrap})
+    pipeline = Pipeline(
+        store=store,
+        codec=CODEC,
+        statuses=parse_status_map(yaml.safe_load(STATUS_MAP)),
+        send=Sender(client, store, "test-owner"),
+        batching=Batching(max_records=100, max_bytes=1_000_000, linger_s=0.05),
+        dead_letters=DeadLetters(producer),
+        timezone="Europe/Moscow",
+        topics={EventKind(k): v for k, v in names.items()},
+        owner="test-owner",
+    )
+    pipeline.start()
+    try:
+        yield Engine(pipeline, names, tmp_path / "state.db")
+    finally:
+        await pipeline.close()
+        await client.aclose()
+        producer.close(5)
+        store.close()
+
+
+def _lead(n: int, deal: str | None, *, client: str = "C1", at: datetime = T0) -> bytes:
+    record = {
+        "event_id": f"lead-{n}",
+        "occurred_at": at,
+        "lead_id": f"L{n}",
+        "deal_id": deal,
+        "client": {"uniq_id": client, "name": None, "phones": [], "emails": []},
+        "metrica_client_id": str(10**18 + n),
+        "yclid": None,
+        "utm": None,
+        "consent": True,
+    }
+    return CODEC.encode(crm.LEAD, record)
+
+
+def _status(n: int, deal: str, status: str, version: int, *, client: str = "C1") -> bytes:
+    record: dict[str, Any] = {
+        "event_id": f"status-{n}",
+        "occurred_at": T0 + timedelta(minutes=version),
+        "deal_id": deal,
+        "client_uniq_id": client,
+        "deal_created_at": T0 - timedelta(minutes=5),  # not the lead's time: immutable in Metrica
+        "status": status,
+        "revenue": Decimal("500.00") if status == "won" else None,
+        "cost": None,
+        "currency": None,
+        "products": [],
+        "version": version,
+    }
+    return CODEC.encode(crm.DEAL, record)
+
+
+def _payment(n: int, deal: str, *, client: str = "C1") -> bytes:
+    record = {
+        "event_id": f"payment-{n}",
+        "occurred_at": T0 + timedelta(minutes=30),
+        "payment_id": f"P{n}",
+        "deal_id": deal,
+        "client_uniq_id": client,
+        "amount": Decimal("500.00"),
+        "currency": "RUB",
+        "deal_created_at": None,
+    }
+    return CODEC.encode(PAYMENT, record)
+
+
+async def test_everything_in_one_round_ends_once_and_in_order(
+    engine: Engine, sandbox: SandboxServer, bootstrap: str
+) -> None:
+    # The lead opening D1, D1's own status changes and its payment, a second lead of the same
+    # client, a CRM retry of the first status change and a poison record: all at once.
+    engine.feed("lead-created", "L1", _lead(1, "D1"))
+    engine.feed("deal-status-changed", "D1", _status(1, "D1", "qualified", 1))
+    engine.feed("deal-status-changed", "D1", _status(2, "D1", "won", 2))
+    engine.feed("deal-status-changed", "D1", _status(1, "D1", "qualified", 1))  # the retry
+    engine.feed("payment-received", "D1", _payment(1, "D1"))
+    engine.feed("lead-created", "L2", _lead(2, None))
+    engine.feed("deal-status-changed", "D9", b"\x00 not avro")
+    await engine.settle(7)
+
+    ledger = engine.ledger()
+    assert {k: v[0] for k, v in ledger.items()} == {
+        "lead-1": "delivered",
+        "status-1": "delivered",
+        "status-2": "delivered",
+        "payment-1": "skipped",  # won with the deal amount already: nothing new for Metrica
+        "lead-2": "delivered",
+        f"@{engine.topics['deal-status-changed']}:0:3": "dead_lettered",
+    }
+    [order] = sandbox.orders(COUNTER)
+    assert [h["order_status"] for h in order["history"]] == ["new", "qualified", "won"]
+    # One upload per update of D1: they never overlapped, each delivered by its own upload.
+    uploads = {v[2] for k, v in ledger.items() if k.startswith("status") or k == "lead-1"}
+    assert len(uploads) == 3
+    # The order was created by the lead: its creation time is the lead's, and stays so.
+    assert order["create_date_time"] == T0.astimezone(engine.pipeline.zone).strftime(
+        "%Y-%m-%d %H:%M:%S"
+    )
+    [contact] = sandbox.contacts(COUNTER)
+    assert sorted(contact["client_ids"]) == [str(10**18 + 1), str(10**18 + 2)]
+    dlq = consume_all(bootstrap, f"{engine.topics['deal-status-changed']}.dlq", 1)
+    assert [m.value for m in dlq] == [b"\x00 not avro"]
+    # Every offset completed, each once.
+    assert sorted((w.source.topic, w.source.offset) for w in engine.done) == sorted(
+        (topic, o) for topic, n in engine.offsets.items() for o in range(n)
+    )
+
+
+async def test_one_claim_per_deal_per_round(engine: Engine) -> None:
+    """Two works of one deal in one round (a lead opening it, the deal's own event) both see
+    the deal claimed by the round; only the first may update it, the other waits its turn."""
+    pipeline = engine.pipeline
+    lead = SourceRecord(engine.topics["lead-created"], 0, 0, b"L1", _lead(1, "D1"), (), None)
+    status = _status(1, "D1", "won", 1)
+    change = SourceRecord(engine.topics["deal-status-changed"], 0, 0, b"D1", status, (), None)
+    first, second = Work(lead, "lead:L1"), Work(change, "deal:D1")
+    for work in (first, second):
+        parsed = parse(CODEC, pipeline.kinds, work.source)
+        assert not isinstance(parsed, tuple)
+        work.event = parsed
+        pipeline.lanes.push(work)
+    assert pipeline.lanes.take(10) == [first, second]
+    state = _Round(previous={}, identities={}, parked=set(), claimed={"D1"}, orders={}, inflight={})
+    assert pipeline._order(first, "D1", state) is True
+    assert pipeline._order(second, "D1", state) is False
+    assert first.claim == "D1"
+    assert second.claim is None
+    assert not second.started  # back in its lane, to try again shortly
