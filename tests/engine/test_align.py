@@ -74,6 +74,9 @@ def test_one_partition_far_ahead_does_not_block_another_behind_it() -> None:
     assert not alignment.hold(later_behind)
     assert alignment.release(time.monotonic()) == []
     assert len(alignment) == 1
+    assert (alignment.held(DEALS), alignment.held(LEADS)) == (1, 0)  # what pauses a topic
+    assert alignment.drop({(DEALS, 0)}) == [ahead]
+    assert alignment.held(DEALS) == 0
 
 
 def test_nothing_is_held_past_the_limit() -> None:

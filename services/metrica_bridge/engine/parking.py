@@ -17,7 +17,7 @@ from metrica_bridge.events import Event
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrics import EVENTS_RELEASED, PARKED
 from metrica_bridge.steps.parse import parse
-from metrica_bridge.store.base import ParkedEvent
+from metrica_bridge.store.base import Identity, ParkedEvent
 
 log = get_logger("metrica_bridge.engine.parking")
 
@@ -80,10 +80,7 @@ class ParkSweeper:
         released = expired = 0
         now = datetime.now(UTC)
         for parked in taken:
-            identity = identities.get(parked.client_uniq_id)
-            if (
-                identity is not None and identity.has_identifier()
-            ) or parked.parked_at >= expired_before:
+            if not expires(parked, identities.get(parked.client_uniq_id), expired_before):
                 # Ready, as far as the store knew a moment ago; the engine looks again (consent
                 # may have been withdrawn since) and puts it back in the park if it must wait.
                 event = self._parse(parked)
@@ -107,3 +104,12 @@ class ParkSweeper:
         """The parked record read again (it was valid when it parked)."""
         parsed = parse(self._pipeline.codec, self._pipeline.kinds, parked_source(parked))
         return None if isinstance(parsed, tuple) else parsed
+
+
+def expires(parked: ParkedEvent, identity: Identity | None, expired_before: datetime) -> bool:
+    """A leased parked event goes to the DLQ as ``unattributable`` only when it waited its
+    whole time and its client still has no identifier. One leased as ready whose identity no
+    longer binds when read (it changed in between) is not expired: it waits on."""
+    if identity is not None and identity.has_identifier():
+        return False
+    return parked.parked_at < expired_before
