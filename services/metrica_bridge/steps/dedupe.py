@@ -14,7 +14,7 @@ from metrica_bridge.store.base import LedgerEntry, Store
 
 
 class Dedupe:
-    def __init__(self, store: Store, remember: int = 100_000) -> None:
+    def __init__(self, store: Store, remember: int = 20_000) -> None:
         self._store = store
         self._recent: OrderedDict[str, str] = OrderedDict()
         self._remember = remember
