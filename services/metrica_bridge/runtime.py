@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import sys
 
@@ -24,6 +25,7 @@ def tune_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 10, 10)
 
 
+@functools.cache  # find_library runs ldconfig in a subprocess: once per process is plenty
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -36,24 +38,25 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def trim_malloc() -> None:
+def trim_malloc() -> bool:
     """Give free heap memory back to the OS (glibc's ``malloc_trim``). Live allocations stay
     flat on a backlog, but freed blocks of every size churn through malloc (librdkafka's fetch
     buffers, upload bodies, store rows): measured with memray, the live peak was 168 MiB of a
     316 MiB resident set, and the rest crept up over the first few hundred thousand events
-    unless trimmed. Called every second; a no-op without glibc."""
+    unless trimmed. Called every second; a no-op without glibc (False)."""
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None) if libc is not None else None
-    if trim is not None:
-        trim(0)
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
-def limit_malloc_arenas() -> None:
+def limit_malloc_arenas() -> bool:
     """At most two glibc malloc arenas (as ``MALLOC_ARENA_MAX=2`` would), set before the
     threads start: by default each of the service's threads (consumers, store workers, the
     producer's poller) gets an arena of its own, and their fragmentation cost ~40 MiB of RSS on
-    a backlog. A no-op where the C library is not glibc."""
+    a backlog. A no-op where the C library is not glibc (False)."""
     libc = _libc()
     mallopt = getattr(libc, "mallopt", None) if libc is not None else None
-    if mallopt is not None:
-        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, MALLOC_ARENAS))
