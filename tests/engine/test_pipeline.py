@@ -207,3 +207,40 @@ async def test_one_claim_per_deal_per_round(engine: Engine) -> None:
     assert first.claim == "D1"
     assert second.claim is None
     assert not second.started  # back in its lane, to try again shortly
+
+
+async def test_replay_of_an_event_parked_here_and_finished_elsewhere(
+    engine: Engine, sandbox: SandboxServer
+) -> None:
+    """Found by the long chaos run: this process parks an event and remembers it parked; another
+    process's sweeper releases it and dead-letters it (retry_exhausted). The replay of that dead
+    letter comes back here: it must be handled, not dropped as a copy of a parked event."""
+    deal = engine.topics["deal-status-changed"]
+    engine.feed("deal-status-changed", "D2", _status(7, "D2", "won", 1, client="C2"))
+    await engine.settle(1)
+    assert not engine.ledger()  # parked: no identity for C2 yet
+    # What the other process did: released it, gave up on Metrica, dead-lettered it.
+    with sqlite3.connect(engine.db) as conn:
+        conn.execute("DELETE FROM parked WHERE event_id = 'status-7'")
+        conn.execute(
+            "INSERT INTO ledger (event_id, topic, outcome, detail, upload_id, recorded_at)"
+            " VALUES ('status-7', ?, 'dead_lettered', 'retry_exhausted', NULL, ?)",
+            (deal, int(time.time() * 1_000_000)),
+        )
+    engine.feed("lead-created", "L2", _lead(2, None, client="C2"))
+    await engine.settle(2)
+    replay = SourceRecord(
+        deal,
+        0,
+        99,
+        b"D2",
+        _status(7, "D2", "won", 1, client="C2"),
+        (("dlq.replay.count", b"1"), ("dlq.error.class", b"retry_exhausted")),
+        None,
+    )
+    engine.pipeline.consume([replay], engine.done.append)
+    await engine.settle(3)
+
+    assert engine.ledger()["status-7"][0] == "delivered"
+    [order] = sandbox.orders(COUNTER)
+    assert order["order_status"] == "won"

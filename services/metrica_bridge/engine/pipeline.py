@@ -286,7 +286,13 @@ class Pipeline:
             ready.append(work)
         if not ready:
             return
-        known, missing = self.dedupe.known(w.ledger_id for w in ready)
+        # A replayed record is a dead letter coming back, and only the store can say what became
+        # of its event since: this process may remember it parked (then finished by another
+        # process's sweeper) or dead-lettered (then delivered by an earlier replay elsewhere),
+        # and would drop the replay as a duplicate, or send it twice.
+        replays = {w.ledger_id for w in ready if is_replay(w.source)}
+        known, missing = self.dedupe.known(w.ledger_id for w in ready if w.ledger_id not in replays)
+        missing.extend(replays)
         try:
             state = await asyncio.to_thread(self._read, ready, known, missing)
         except Exception as exc:
