@@ -33,6 +33,7 @@ from metrica_bridge.steps.dlq import DeadLetters, SourceRecord
 from metrica_bridge.steps.parse import parse
 from metrica_bridge.steps.send import Sender
 from metrica_bridge.store import open_store
+from metrica_bridge.store.base import Changes, LedgerEntry
 from tests.support import crm
 from tests.support.kafka import TopicFactory, consume_all
 from tests.support.stack import COUNTER, STATUS_MAP, TOKEN
@@ -50,11 +51,18 @@ class Engine:
     done: list[Work] = field(default_factory=list)
     offsets: dict[str, int] = field(default_factory=dict)
 
-    def feed(self, kind: str, key: str, value: bytes, ts_ms: int | None = None) -> None:
+    def feed(
+        self,
+        kind: str,
+        key: str,
+        value: bytes,
+        ts_ms: int | None = None,
+        headers: tuple[tuple[str, bytes], ...] = (),
+    ) -> None:
         topic = self.topics[kind]
         offset = self.offsets.get(topic, 0)
         self.offsets[topic] = offset + 1
-        record = SourceRecord(topic, 0, offset, key.encode(), value, (), ts_ms)
+        record = SourceRecord(topic, 0, offset, key.encode(), value, headers, ts_ms)
         self.pipeline.consume([record], self.done.append)
 
     async def settle(self, count: int, within_s: float = 30) -> None:
@@ -215,30 +223,34 @@ async def test_replay_of_an_event_parked_here_and_finished_elsewhere(
     """Found by the long chaos run: this process parks an event and remembers it parked; another
     process's sweeper releases it and dead-letters it (retry_exhausted). The replay of that dead
     letter comes back here: it must be handled, not dropped as a copy of a parked event."""
-    deal = engine.topics["deal-status-changed"]
     engine.feed("deal-status-changed", "D2", _status(7, "D2", "won", 1, client="C2"))
     await engine.settle(1)
     assert not engine.ledger()  # parked: no identity for C2 yet
-    # What the other process did: released it, gave up on Metrica, dead-lettered it.
-    with sqlite3.connect(engine.db) as conn:
-        conn.execute("DELETE FROM parked WHERE event_id = 'status-7'")
-        conn.execute(
-            "INSERT INTO ledger (event_id, topic, outcome, detail, upload_id, recorded_at)"
-            " VALUES ('status-7', ?, 'dead_lettered', 'retry_exhausted', NULL, ?)",
-            (deal, int(time.time() * 1_000_000)),
+    # The other process, through its own store on the same database: released it, gave up on
+    # Metrica, dead-lettered it.
+    other = open_store(f"sqlite:///{engine.db}")
+    try:
+        other.apply(
+            Changes(
+                ledger=[
+                    LedgerEntry(
+                        "status-7",
+                        engine.topics["deal-status-changed"],
+                        "dead_lettered",
+                        "retry_exhausted",
+                    )
+                ],
+                unpark=["status-7"],
+            )
         )
+    finally:
+        other.close()
     engine.feed("lead-created", "L2", _lead(2, None, client="C2"))
     await engine.settle(2)
-    replay = SourceRecord(
-        deal,
-        0,
-        99,
-        b"D2",
-        _status(7, "D2", "won", 1, client="C2"),
-        (("dlq.replay.count", b"1"), ("dlq.error.class", b"retry_exhausted")),
-        None,
+    replayed = (("dlq.replay.count", b"1"), ("dlq.error.class", b"retry_exhausted"))
+    engine.feed(
+        "deal-status-changed", "D2", _status(7, "D2", "won", 1, client="C2"), headers=replayed
     )
-    engine.pipeline.consume([replay], engine.done.append)
     await engine.settle(3)
 
     assert engine.ledger()["status-7"][0] == "delivered"
