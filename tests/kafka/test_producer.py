@@ -54,8 +54,9 @@ async def test_futures_can_be_awaited(bootstrap: str, topics: TopicFactory) -> N
 def test_an_unknown_partition_fails_the_future_and_the_flush(
     bootstrap: str, topics: TopicFactory
 ) -> None:
-    topic = topics("bad-partition", partitions=1)
     producer = Producer({"bootstrap.servers": bootstrap})
+    producer._producer.list_topics(timeout=10)  # before the topic exists: see the test below
+    topic = topics("bad-partition", partitions=1)
     future = producer.produce(topic, b"k", b"v", partition=7)
     producer.send(topic, b"k", b"v", partition=7)
     with pytest.raises(DeliveryError, match="UNKNOWN_PARTITION") as failure:
@@ -128,12 +129,19 @@ def test_consumer_only_overrides_are_kept_away_from_producers() -> None:
 def test_a_producer_without_futures_still_reports_failures(
     bootstrap: str, topics: TopicFactory
 ) -> None:
-    topic = topics("no-futures", partitions=1)
     producer = Producer({"bootstrap.servers": bootstrap}, futures=False)
+    # The failure must come from the delivery report, so the producer must not know the topic's
+    # partitions when the bad message is sent: librdkafka then queues it and fails it once the
+    # metadata says there is no partition 3. Knowing them, produce() refuses at once, and that
+    # raced: the producer's first metadata could list the topic already, or the metadata of a
+    # message sent before it arrive in between (seen in CI). So: the producer's first metadata
+    # is in before the topic exists, and the bad message is the first sent to it.
+    producer._producer.list_topics(timeout=10)
+    topic = topics("no-futures", partitions=1)
     with pytest.raises(ProducerError, match="send"):
         producer.produce(topic, b"k", b"v")
-    producer.send(topic, b"k", b"fine")
     producer.send(topic, b"k", b"lost", partition=3)
+    producer.send(topic, b"k", b"fine")
     with pytest.raises(UndeliveredError) as undelivered:
         producer.flush(10)
     assert (undelivered.value.failed, undelivered.value.remaining) == (1, 0)
