@@ -15,6 +15,10 @@ Scenarios (``--only`` picks some; the default runs all, in this order):
   split between them, as an operator scales on one host;
 * ``naive`` — one request per event, no batching, one worker, on a small sample;
 * ``steady`` — 1,000 events/s for a minute, occurred_at = produce time: end-to-end latency;
+* ``quota-day`` — one whole quota day compressed into about ten minutes (``METRICA_QUOTA_DAY_S``
+  ≈ 600, a budget of 1,000 requests enforced by the sandbox too), traffic following a day's
+  curve (night trough, afternoon peak ten times higher): requests, freshness and backlog per
+  simulated hour, the day's requests against the budget, dead letters;
 * ``profile`` — py-spy samples the service on a backlog: where the time goes;
 * ``memory`` — peak RSS of the service while it works through a 1,000,000-event backlog,
   read at every 100,000 events consumed.
@@ -27,10 +31,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -38,7 +44,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,10 +62,12 @@ from metrica_bridge.kafka.admin import delete_topics, ensure_topics, list_topics
 from metrica_bridge.kafka.broker import EmbeddedBroker, free_port
 from metrica_bridge.kafka.producer import Producer
 from metrica_bridge.kafka.settings import PRODUCER_DEFAULTS, layered
+from metrica_bridge.metrica.pace import reserve_requests
 from metrica_bridge.metrica.status_map import parse_status_map
 from metrica_bridge.sandbox import SandboxServer
 from metrica_bridge.sandbox.quotas import QuotaLimits
 from metrica_bridge.simulate import SimulatedMessage, SimulationConfig, generate, produce
+from metrica_bridge.simulate.model import _Generator
 
 SCENARIOS = (
     "ceiling",
@@ -69,6 +77,7 @@ SCENARIOS = (
     "postgres-x2",
     "naive",
     "steady",
+    "quota-day",
     "profile",
     "memory",
 )
@@ -87,6 +96,7 @@ STATUS_MAP_FILE = PROJECT_ROOT / "deploy" / "status_map.example.yaml"
 # Our emulator's quotas, raised: the benchmark measures the service, and the service's own
 # governor (METRICA_REQUESTS_PER_SECOND, 3 parallel, the daily budget) still applies.
 SANDBOX_LIMITS = QuotaLimits(parallel=3, per_second=1_000, daily=10_000_000)
+METRICA_PER_SECOND = 30  # Metrica's own cap: 30 requests/s per IP (metrica-api.md §12)
 
 # The service as an operator would run it against Metrica: production defaults except the
 # request rate (Metrica allows 30/s per IP; our default of 5/s is deliberately conservative)
@@ -96,6 +106,9 @@ BASE_ENV: dict[str, str] = {
     "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
     "KAFKA_FETCH_WAIT_MAX_MS": "100",
     "METRICA_REQUESTS_PER_SECOND": "20",
+    # Throughput scenarios measure the service, not the day's budget (the quota-day scenario
+    # does): a budget whose pace never binds.
+    "METRICA_DAILY_BUDGET": "10000000",
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "INFO",
     "SHUTDOWN_TIMEOUT_S": "20",
@@ -111,10 +124,29 @@ class Sizes:
     profile: int
     memory: int
     memory_step: int
+    quota_day_s: int  # the compressed quota day's target length (N is picked near it)
+    quota_day_budget: int
+    quota_day_events: int
 
 
-FULL = Sizes(200_000, 2_000, 1_000, 60, 100_000, 1_000_000, 100_000)
-QUICK = Sizes(20_000, 200, 1_000, 15, 20_000, 100_000, 10_000)
+# -- the quota-day scenario ----------------------------------------------------------------
+# Metrica allows 5,000 requests per login per quota day (metrica-api.md §12): spent evenly, a
+# pace of 5,000 / 86,400 = 0.058 requests/s. What the governor reacts to is the pace B / N, not
+# the count, so the compressed day keeps a budget that gives a meaningful pace in ten minutes:
+# 1,000 requests in a ~600 s day (1.7 requests/s, 1.5 after the reserve), scaled with N for
+# --quick. Far fewer than the day's events (about 60,000): one request per event could never
+# carry them.
+QUOTA_DAY_BUDGET = 1_000
+QUOTA_DAY_RESERVE = 0.1  # METRICA_BUDGET_RESERVE, the service's default, set explicitly
+QUOTA_DAY_PEAK_TO_TROUGH = 10  # the afternoon peak's rate over the night trough's
+QUOTA_DAY_TROUGH_HOUR, QUOTA_DAY_PEAK_HOUR = 4, 16
+QUOTA_DAY_LEAD_S = (15.0, 30.0)  # start the service this long before the day begins
+REAL_DAY_S, REAL_DAILY_BUDGET = 86_400, 5_000
+
+FULL = Sizes(200_000, 2_000, 1_000, 60, 100_000, 1_000_000, 100_000, 600, QUOTA_DAY_BUDGET, 60_000)
+QUICK = Sizes(
+    20_000, 200, 1_000, 15, 20_000, 100_000, 10_000, 120, QUOTA_DAY_BUDGET * 120 // 600, 12_000
+)
 
 
 def log(message: str) -> None:
@@ -371,9 +403,11 @@ class Bench:
         log(f"  produced in {stats.elapsed_s:.1f} s ({stats.rate:,.0f}/s)")
         return {"events": stats.messages, "bytes": stats.bytes, "seconds": stats.elapsed_s}
 
-    def sandbox(self) -> SandboxServer:
+    def sandbox(
+        self, limits: QuotaLimits = SANDBOX_LIMITS, quota_day_s: int | None = None
+    ) -> SandboxServer:
         server = SandboxServer(
-            tokens=[TOKEN], counter_ids=[COUNTER], limits=SANDBOX_LIMITS, port=0
+            tokens=[TOKEN], counter_ids=[COUNTER], limits=limits, port=0, quota_day_s=quota_day_s
         ).start()
         statuses = parse_status_map(
             yaml.safe_load(STATUS_MAP_FILE.read_text("utf-8"))
@@ -683,6 +717,566 @@ class Bench:
             sandbox.stop()
             self.drop_topics(names)
 
+    def quota_day(self) -> dict[str, Any]:
+        sizes = self.sizes
+        budget = sizes.quota_day_budget
+        # Quota days are the intervals [k·N, (k+1)·N) of Unix time, for the service's governor
+        # and for the sandbox alike (aligned on the epoch, as Metrica's reset at 00:00 GMT is
+        # with N = 86,400), so a day cannot start whenever the benchmark likes. Instead N is
+        # picked near the target so that its next multiple is a few seconds away: the service
+        # and the sandbox start before it, the traffic begins on it, and the run covers exactly
+        # one whole quota day [k·N, (k+1)·N), budget untouched at its start.
+        while (picked := pick_quota_day(sizes.quota_day_s, time.time())) is None:
+            time.sleep(1)
+        day_s, day_start = picked
+        day_end = day_start + day_s
+        day_index = round(day_start) // day_s
+        hour_s = day_s / 24
+        rates = day_curve(sizes.quota_day_events, day_s)
+        times, hour_of = day_schedule(rates, day_start, hour_s)
+        count = len(times)
+        log(
+            f"quota-day: N = {day_s} s (quota day {day_index}, starts in "
+            f"{day_start - time.time():.0f} s), budget {budget:,} requests, {count:,} events, "
+            f"{min(rates):.1f}-{max(rates):.1f} events/s"
+        )
+        names = self.topics("quota-day")
+        limits = QuotaLimits(parallel=3, per_second=METRICA_PER_SECOND, daily=budget)
+        sandbox = self.sandbox(limits, quota_day_s=day_s)
+        service: ServiceGroup | None = None
+        try:
+            service = self.service(
+                names,
+                sandbox,
+                self.store_url("sqlite", "quota-day"),
+                metrica_quota_day_s=day_s,
+                metrica_daily_budget=budget,
+                metrica_budget_reserve=QUOTA_DAY_RESERVE,
+            )
+            service.wait_ready(timeout=max(1.0, day_start - time.time()))
+            running = service
+            if time.time() >= day_start:
+                raise RuntimeError("the service was not ready before the quota day began")
+            config = SimulationConfig(
+                count=count,
+                seed=23,
+                topics=dict(names),
+                now_ms=int(day_end * 1000),
+                span_days=day_s / 86_400,
+                clients=20_000,
+            )
+            stream = DayStream(config, self.codec, [int(t * 1000) for t in times]).run()
+
+            produced = [0] * 24
+            late_leads = [0] * 24  # identity_late leads: occurred_at long before (freshness())
+            first_event: dict[str, tuple[float, str]] = {}  # deal → (produce time, story)
+            hourly: list[dict[str, Any]] = []  # at each hour boundary, 00:00 … 24:00
+            ticks: list[dict[str, Any]] = []  # every second
+            next_tick = day_start
+
+            def sample(with_sandbox: bool = False) -> dict[str, Any]:
+                shot = quota_snapshot(running.metrics())
+                shot["produced"] = sum(produced)
+                if with_sandbox:
+                    stats = sandbox.stats()
+                    shot["sandbox_requests"] = sandbox_requests(stats, day_index)
+                    shot["sandbox_requests_all"] = sandbox_requests(stats, None)
+                ticks.append(shot)
+                return shot
+
+            def sample_due() -> float:
+                """Takes whatever sample is due; returns when the next one is."""
+                nonlocal next_tick
+                now = time.time()
+                boundary = day_start + len(hourly) * hour_s
+                if len(hourly) <= 24 and now >= boundary:
+                    shot = sample(with_sandbox=True)
+                    hourly.append(shot)
+                    next_tick = now + 1.0
+                    if len(hourly) > 1:
+                        h = len(hourly) - 2
+                        log(
+                            f"  {h:02d}:00 {produced[h]:>6,} events in, "
+                            f"{shot['requests'] - hourly[-2]['requests']:>4.0f} requests, "
+                            f"lag {shot['lag']:,.0f}, pace {shot['pace']:.2f}/s, "
+                            f"budget left {shot['remaining']:,.0f}, waiting {shot['waiting']:.0f}"
+                        )
+                elif now >= next_tick:
+                    sample()
+                    next_tick = now + 1.0
+                if len(hourly) <= 24:
+                    return min(next_tick, day_start + len(hourly) * hour_s)
+                return next_tick
+
+            def wait_until(when: float) -> None:
+                while (now := time.time()) < when:
+                    time.sleep(max(0.0, min(when, sample_due()) - now))
+                sample_due()
+
+            wait_until(day_start)
+            with self.producer() as producer:
+                for i, message in enumerate(stream):
+                    wait_until(times[i])
+                    producer.send(message.topic, message.key, message.value)
+                    hour = hour_of[i]
+                    produced[hour] += 1
+                    if message.story == "identity_late" and message.kind == "LeadCreated":
+                        late_leads[hour] += 1
+                    deal = (message.facts or {}).get("deal_id")
+                    if deal is not None and deal not in first_event:
+                        first_event[deal] = (times[i], message.story or "")
+                # The gauges of the day's last moment (the 24:00 sample is in the next day).
+                wait_until(day_end - 0.3)
+                sample()
+                wait_until(day_end)
+                producer.flush(60)
+            total_produced = sum(produced)
+
+            # Drain: the next quota day has begun (a fresh budget); nothing more is produced.
+            log(f"  the day is over; draining ({total_produced:,} events produced)")
+            deadline = time.monotonic() + max(300.0, day_s)
+            sent_seen, quiet_since = -1.0, time.monotonic()
+            while True:
+                if not running.alive():
+                    raise RuntimeError(f"the service died; see {running.log_path}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("timed out draining after the quota day")
+                final = sample(with_sandbox=True)
+                if final["sandbox_requests_all"] != sent_seen:
+                    sent_seen, quiet_since = final["sandbox_requests_all"], time.monotonic()
+                if (
+                    final["consumed"] >= total_produced
+                    and final["in_flight"] == 0
+                    and time.monotonic() - quiet_since >= 4
+                ):
+                    break
+                time.sleep(1.0)
+            running.stop()
+            governor = read_quota_days(self.workdir / "quota-day.db")
+            dlq_messages = topic_sizes(
+                self.broker.bootstrap, [f"{name}.dlq" for name in names.values()]
+            )
+            return summarize_quota_day(
+                day_s=day_s,
+                day_index=day_index,
+                day_start=day_start,
+                budget=budget,
+                rates=rates,
+                produced=produced,
+                late_leads=late_leads,
+                hourly=hourly,
+                ticks=ticks,
+                final=final,
+                uploads=sandbox.uploads(COUNTER),
+                orders=sandbox.orders(COUNTER),
+                first_event=first_event,
+                sandbox_stats=sandbox.stats(),
+                governor=governor,
+                dlq_messages=dlq_messages,
+                peak_rss_mib=round(running.hwm_kib / 1024, 1),
+            )
+        finally:
+            if service is not None:
+                service.stop()
+            sandbox.stop()
+            self.drop_topics(names)
+
+
+# -- the quota day ---------------------------------------------------------------------------
+
+
+def pick_quota_day(
+    target_s: int,
+    now: float,
+    *,
+    spread: float = 0.1,
+    lead_s: tuple[float, float] = QUOTA_DAY_LEAD_S,
+) -> tuple[int, float] | None:
+    """``(N, start)``: a quota-day length within ``spread`` of ``target_s`` whose next day
+    (the next multiple of N in Unix time) starts ``lead_s`` from ``now``, the closest to the
+    target; None when no N fits now (a second later one will)."""
+    fits: list[tuple[int, int, float]] = []
+    for n in range(round(target_s * (1 - spread)), round(target_s * (1 + spread)) + 1):
+        start = float((math.floor(now / n) + 1) * n)
+        if lead_s[0] <= start - now <= lead_s[1]:
+            fits.append((abs(n - target_s), n, start))
+    if not fits:
+        return None
+    _, n, start = min(fits)
+    return n, start
+
+
+def day_curve(events: int, day_s: float) -> list[float]:
+    """Events/s in each of the 24 simulated hours: a cosine with its trough at 04:00 and its
+    peak, ``QUOTA_DAY_PEAK_TO_TROUGH`` times the trough, at 16:00, ``events`` in all."""
+    ratio = QUOTA_DAY_PEAK_TO_TROUGH
+    shape = [
+        1 + (ratio - 1) * (1 - math.cos(2 * math.pi * (h - QUOTA_DAY_TROUGH_HOUR) / 24)) / 2
+        for h in range(24)
+    ]
+    scale = events / day_s / (sum(shape) / 24)
+    return [scale * s for s in shape]
+
+
+def day_schedule(
+    rates: Sequence[float], day_start: float, hour_s: float
+) -> tuple[list[float], list[int]]:
+    """When each event is produced (Unix time, evenly spaced within its hour at the hour's
+    rate) and its hour."""
+    times: list[float] = []
+    hours: list[int] = []
+    for h, rate in enumerate(rates):
+        n = round(rate * hour_s)
+        start = day_start + h * hour_s
+        times.extend(start + (j + 0.5) * hour_s / n for j in range(n))
+        hours.extend([h] * n)
+    return times, hours
+
+
+class DayStream(_Generator):
+    """The simulator's stream (same stories, same seeding) with each event's occurred_at taken
+    from a schedule instead of evenly spaced: event ``i`` happens at ``times_ms[i]``, when the
+    benchmark produces it, so occurred_at = produce time although the rate changes by the hour.
+    (Generating hour by hour instead would cut the stories in progress at every hour.)"""
+
+    def __init__(self, config: SimulationConfig, codec: Codec, times_ms: Sequence[int]) -> None:
+        super().__init__(config, codec)
+        self.times_ms = times_ms
+
+    def tick(self) -> int:
+        self.clock_ms = self.times_ms[self.emitted]
+        return self.clock_ms
+
+
+def quota_snapshot(samples: Samples) -> dict[str, Any]:
+    """What the quota-day scenario reads from the service's /metrics."""
+
+    def value(name: str) -> float:
+        return total(samples, "metrica_bridge_" + name)
+
+    return {
+        "t": time.time(),
+        "requests": value("metrica_requests_total"),
+        "requests_by": by_label(
+            samples, "metrica_bridge_metrica_requests_total", "endpoint", "result"
+        ),
+        "histogram": histogram(samples, "metrica_bridge_end_to_end_latency_seconds"),
+        "dlq": value("dlq_records_total"),
+        "lag": value("consumer_lag"),  # every partition of the three topics
+        "waiting": value("metrica_quota_waiting"),
+        "pace": value("metrica_pace_requests_per_second"),
+        "remaining": value("metrica_daily_quota_remaining"),
+        "projected": value("metrica_requests_projected"),
+        "reset_s": value("metrica_quota_reset_seconds"),
+        "consumed": value("events_consumed_total"),
+        "in_flight": value("in_flight_events"),
+        "parked": value("parked_events"),
+        "released": value("events_released_total"),
+        "outcomes": by_label(samples, "metrica_bridge_events_processed_total", "outcome"),
+    }
+
+
+def sandbox_requests(stats: Mapping[str, Any], day: int | None) -> int:
+    """Requests the sandbox admitted for our counter in quota day ``day`` (None: every day)."""
+    days: dict[str, int] = stats.get("requests_by_quota_day", {}).get(str(COUNTER), {})
+    if day is None:
+        return sum(days.values())
+    return days.get(str(day), 0)
+
+
+def bucket_delta(
+    after: list[tuple[float, float]], before: list[tuple[float, float]]
+) -> list[tuple[float, float]]:
+    prior = dict(before)
+    return [(le, count - prior.get(le, 0.0)) for le, count in after]
+
+
+def count_at(buckets: list[tuple[float, float]], bound: float) -> float:
+    return next((count for le, count in buckets if le == bound), 0.0)
+
+
+def freshness(buckets: list[tuple[float, float]], late_leads: int) -> dict[str, Any]:
+    """Quantiles of an end-to-end latency histogram (delta) without the late-identity leads.
+
+    The simulator's ``identity_late`` leads carry the time the lead really happened, 10 to 120
+    minutes before the deal events that were published first: observations of 600 s and more
+    that are no delivery delay (see docs/benchmarks.md, Steady load). They are removed from the
+    top of the histogram, at most as many as there are observations above 300 s."""
+    if not buckets or buckets[-1][1] == 0:
+        return {"n": 0, "late_identity_leads_removed": 0, "p50_s": None, "p99_s": None}
+    observed = buckets[-1][1]
+    above = observed - count_at(buckets, 300.0)
+    removed = min(float(late_leads), above)
+    clean = [(le, min(count, observed - removed)) for le, count in buckets]
+
+    def q(x: float) -> float | None:
+        got = quantile(clean, x)
+        return None if got is None else round(got, 2)
+
+    return {
+        "n": int(observed - removed),
+        "late_identity_leads_removed": int(removed),
+        "above_300s_left": int(above - removed),
+        "p50_s": q(0.5),
+        "p90_s": q(0.9),
+        "p99_s": q(0.99),
+    }
+
+
+def read_quota_days(path: Path) -> dict[str, int]:
+    """The service's own count per quota day, from its SQLite store (table ``quota``)."""
+    with (
+        contextlib.suppress(sqlite3.Error),
+        contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn,
+    ):
+        return {str(day): int(used) for day, used in conn.execute("SELECT day, used FROM quota")}
+    return {}
+
+
+def topic_sizes(bootstrap: str, topics: Sequence[str]) -> dict[str, int]:
+    """Messages in each topic (high − low watermark over its partitions)."""
+    partitions = list_topics(bootstrap)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"})
+    try:
+        sizes: dict[str, int] = {}
+        for topic in topics:
+            sizes[topic] = 0
+            for p in range(partitions.get(topic, 0)):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                sizes[topic] += high - low
+        return sizes
+    finally:
+        consumer.close()
+
+
+def _at(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def summarize_quota_day(
+    *,
+    day_s: int,
+    day_index: int,
+    day_start: float,
+    budget: int,
+    rates: Sequence[float],
+    produced: Sequence[int],
+    late_leads: Sequence[int],
+    hourly: list[dict[str, Any]],
+    ticks: list[dict[str, Any]],
+    final: dict[str, Any],
+    uploads: list[dict[str, Any]],
+    orders: list[dict[str, Any]],
+    first_event: Mapping[str, tuple[float, str]],
+    sandbox_stats: Mapping[str, Any],
+    governor: Mapping[str, int],
+    dlq_messages: Mapping[str, int],
+    peak_rss_mib: float,
+) -> dict[str, Any]:
+    hour_s = day_s / 24
+    day_end = day_start + day_s
+    start, end = hourly[0], hourly[24]
+    accepted = [(_at(u["received_at"]), u) for u in uploads if u["status"] == "accepted"]
+
+    # Independent of the service's clock: when each deal's order first showed up in the
+    # sandbox, minus when the deal's first event was produced (= its occurred_at). Deals whose
+    # lead is published after their events (identity_late) or never (anonymous) wait for the
+    # CRM, not for the service: left out.
+    seen_by_hour: list[list[float]] = [[] for _ in range(24)]
+    for order in orders:
+        history = order.get("history") or []
+        first = first_event.get(order["id"])
+        if not history or first is None or first[1] in ("identity_late", "anonymous"):
+            continue
+        hour = min(23, max(0, int((first[0] - day_start) // hour_s)))
+        seen_by_hour[hour].append(_at(history[0]["received_at"]) - first[0])
+
+    rows: list[dict[str, Any]] = []
+    late_pending = 0  # late-identity leads produced and not yet seen delivered
+    for h in range(24):
+        a, b = hourly[h], hourly[h + 1]
+        lo, hi = day_start + h * hour_s, day_start + (h + 1) * hour_s
+        window = [t for t in ticks if a["t"] < t["t"] <= b["t"]]
+        # Gauges as the hour ends: the 24:00 sample is already in the next quota day.
+        before_reset = [t for t in window if t["t"] < day_end]
+        g = b if b["t"] < day_end or not before_reset else before_reset[-1]
+        records = [u["elements_count"] for at, u in accepted if lo <= at < hi]
+        # A lead produced near the end of an hour may be delivered in the next one.
+        late_pending += late_leads[h]
+        fresh = freshness(bucket_delta(b["histogram"], a["histogram"]), late_pending)
+        late_pending -= fresh.get("late_identity_leads_removed", 0)
+        rows.append(
+            {
+                "hour": f"{h:02d}:00",
+                "rate": round(rates[h], 1),
+                "events_in": produced[h],
+                "requests": int(b["requests"] - a["requests"]),
+                "sandbox_requests": b["sandbox_requests"] - a["sandbox_requests"],
+                "uploads": len(records),
+                "records_per_upload": round(sum(records) / len(records), 1) if records else None,
+                "freshness": fresh,
+                "order_first_seen_s": percentiles(seen_by_hour[h]),
+                "lag_end": int(b["lag"]),
+                "lag_max": int(max((t["lag"] for t in window), default=b["lag"])),
+                "backlog_end": int(b["produced"] - b["consumed"]),
+                "pace_end": round(g["pace"], 3),
+                "remaining_end": int(g["remaining"]),
+                "projected_end": round(g["projected"]),
+                "waiting_samples": sum(1 for t in window if t["waiting"] > 0),
+                "samples": len(window),
+            }
+        )
+
+    def requests_between(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+        return {
+            k: v - a["requests_by"].get(k, 0.0)
+            for k, v in b["requests_by"].items()
+            if v - a["requests_by"].get(k, 0.0)
+        }
+
+    day_ticks = [t for t in ticks if start["t"] <= t["t"] <= end["t"]]
+    drain_ticks = [t for t in ticks if t["t"] > end["t"]]
+    sandbox_days = sandbox_stats.get("requests_by_quota_day", {}).get(str(COUNTER), {})
+    outcomes = final["outcomes"]
+    total_produced = sum(produced)
+    handled = sum(outcomes.values()) - final["released"]
+    day_records = [u["elements_count"] for at, u in accepted if day_start <= at < day_end]
+    after_uploads = [at for at, _ in accepted if at >= day_end]
+    seen_all = [s for hour in seen_by_hour for s in hour]
+    paced = budget - reserve_requests(budget, QUOTA_DAY_RESERVE)
+    real_paced = REAL_DAILY_BUDGET - reserve_requests(REAL_DAILY_BUDGET, QUOTA_DAY_RESERVE)
+    day = {
+        "events_produced": total_produced,
+        "requests_service": int(end["requests"] - start["requests"]),
+        "requests_service_by": requests_between(start, end),
+        "requests_governor": governor.get(f"{day_index}@{day_s}s"),
+        "requests_sandbox": sandbox_days.get(str(day_index), 0),
+        "budget": budget,
+        "refused_by_sandbox": sandbox_stats.get("refused_by_quota_day", {}).get(str(day_index), {}),
+        "uploads_accepted": len(day_records),
+        "records_per_upload": round(sum(day_records) / len(day_records), 1)
+        if day_records
+        else None,
+        "waiting_samples": sum(1 for t in day_ticks if t["waiting"] > 0),
+        "lag_max": int(max(t["lag"] for t in day_ticks)),
+        "backlog_max": int(max(t["produced"] - t["consumed"] for t in day_ticks)),
+        "freshness": freshness(bucket_delta(end["histogram"], start["histogram"]), sum(late_leads)),
+        "order_first_seen_s": percentiles(seen_all),
+    }
+    after = {
+        "requests_service": int(final["requests"] - end["requests"]),
+        "requests_service_by": requests_between(end, final),
+        "requests_governor": governor.get(f"{day_index + 1}@{day_s}s"),
+        "requests_sandbox": sandbox_days.get(str(day_index + 1), 0),
+        "lag_max": int(max((t["lag"] for t in drain_ticks), default=0)),
+        "last_upload_after_day_end_s": round(max(after_uploads) - day_end, 1)
+        if after_uploads
+        else None,
+        "drain_s": round(final["t"] - end["t"], 1),
+        "freshness_incl_drain": freshness(
+            bucket_delta(final["histogram"], start["histogram"]), sum(late_leads)
+        ),
+    }
+    delivery = {
+        "produced": total_produced,
+        "consumed": int(final["consumed"]),
+        "outcomes": outcomes,
+        "released_from_park": int(final["released"]),
+        "still_parked": int(final["parked"]),
+        "in_flight": int(final["in_flight"]),
+        # Each event has one final outcome; an event released from the park is counted again.
+        "unaccounted": int(total_produced - handled),
+        "dead_lettered_metric": int(final["dlq"]),
+        "dlq_topic_messages": dict(dlq_messages),
+        "orders_in_sandbox": len(orders),
+        "deals_produced": len(first_event),
+    }
+    limit = {
+        "paced_requests": paced,
+        "interval_per_endpoint_s": round(day_s / (paced / 2), 3),
+        "interval_per_endpoint_no_reserve_s": round(day_s / (budget / 2), 3),
+        "real_interval_per_endpoint_s": round(REAL_DAY_S / (REAL_DAILY_BUDGET / 2), 1),
+        "real_interval_with_reserve_s": round(REAL_DAY_S / (real_paced / 2), 1),
+    }
+    return {
+        "quota_day_s": day_s,
+        "quota_day_index": day_index,
+        "day_start": datetime.fromtimestamp(day_start, UTC).isoformat(),
+        "hour_s": round(hour_s, 3),
+        "budget": budget,
+        "reserve": QUOTA_DAY_RESERVE,
+        "sandbox_limits": {"parallel": 3, "per_second": METRICA_PER_SECOND, "daily": budget},
+        "peak_to_trough": QUOTA_DAY_PEAK_TO_TROUGH,
+        "hours": rows,
+        "day": day,
+        "after_reset": after,
+        "delivery": delivery,
+        "limit": limit,
+        "requests_by_quota_day_sandbox": dict(sandbox_days),
+        "requests_by_quota_day_governor": dict(governor),
+        "series": [
+            [
+                round(t["t"] - day_start, 1),
+                int(t["lag"]),
+                int(t["produced"] - t["consumed"]),
+                round(t["pace"], 3),
+                int(t["remaining"]),
+                int(t["waiting"]),
+            ]
+            for t in ticks
+        ],
+        "series_columns": ["t_s", "lag", "backlog", "pace", "remaining", "waiting"],
+        "peak_rss_mib": peak_rss_mib,
+    }
+
+
+def log_quota_day(result: dict[str, Any]) -> None:
+    """The scenario's readable summary."""
+    log(
+        f"  quota day N = {result['quota_day_s']} s, budget {result['budget']:,}, "
+        f"reserve {result['reserve']:.0%}"
+    )
+    log(
+        "  hour   ev/s  events  req svc/sbx  rec/upl  p50 s  p99 s  seen p50  p99    lag  lagmax"
+        "  pace/s  left  wait"
+    )
+    for row in result["hours"]:
+        f, seen = row["freshness"], row["order_first_seen_s"]
+        log(
+            f"  {row['hour']} {row['rate']:6.1f} {row['events_in']:7,} "
+            f"{row['requests']:5}/{row['sandbox_requests']:<5} "
+            f"{row['records_per_upload'] or 0:8.1f} {f['p50_s'] or 0:6.2f} {f['p99_s'] or 0:6.2f} "
+            f"{seen.get('p50', 0):9.2f} {seen.get('p99', 0):5.2f} "
+            f"{row['lag_end']:6,} {row['lag_max']:7,} {row['pace_end']:7.3f} "
+            f"{row['remaining_end']:5,} {row['waiting_samples']:5}"
+        )
+    day, after, delivery, limit = (
+        result["day"],
+        result["after_reset"],
+        result["delivery"],
+        result["limit"],
+    )
+    log(
+        f"  day: requests {day['requests_service']:,} (service) / {day['requests_sandbox']:,} "
+        f"(sandbox) / {day['requests_governor']} (governor's store) of {day['budget']:,}; "
+        f"freshness p50 {day['freshness']['p50_s']} s, p99 {day['freshness']['p99_s']} s; "
+        f"order first seen {day['order_first_seen_s']}; max lag {day['lag_max']:,}"
+    )
+    log(
+        f"  after the reset: {after['requests_service']} requests (service), "
+        f"{after['requests_sandbox']} (sandbox), drained in {after['drain_s']} s"
+    )
+    log(
+        f"  delivery: produced {delivery['produced']:,}, consumed {delivery['consumed']:,}, "
+        f"outcomes {delivery['outcomes']}, unaccounted {delivery['unaccounted']}, "
+        f"dead-lettered {delivery['dead_lettered_metric']} (DLQ topics "
+        f"{sum(delivery['dlq_topic_messages'].values())})"
+    )
+    log(
+        f"  limit: {limit['interval_per_endpoint_s']} s between requests per endpoint "
+        f"(real day: {limit['real_interval_per_endpoint_s']} s)"
+    )
+
 
 def consume_all(
     bootstrap: str,
@@ -920,6 +1514,10 @@ def main(argv: list[str] | None = None) -> int:
                 save()
             if "steady" in wanted:
                 results["steady"] = bench.steady()
+                save()
+            if "quota-day" in wanted:
+                results["quota-day"] = bench.quota_day()
+                log_quota_day(results["quota-day"])
                 save()
             if "profile" in wanted:
                 names = bench.topics("profile")

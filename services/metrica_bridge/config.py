@@ -74,6 +74,13 @@ class Settings(BaseModel):
     metrica_max_parallel: int = Field(default=3, ge=1, le=3)
     metrica_requests_per_second: float = Field(default=5.0, gt=0)
     metrica_daily_budget: int = Field(default=5_000, ge=1)
+    # Share of the daily budget kept out of the pace, for retries, reconciliation, schema-sync.
+    metrica_budget_reserve: float = Field(default=0.1, ge=0.0, lt=1.0)
+    # Quota days are [k*N, (k+1)*N) of Unix time: 86,400 resets at 00:00 GMT, as Metrica does.
+    metrica_quota_day_s: int = Field(default=86_400, ge=1)
+    # The largest request Metrica accepts is undocumented for JSON (docs/decisions.md).
+    metrica_max_request_records: int = Field(default=10_000, ge=1)
+    metrica_max_request_bytes: int = Field(default=10_000_000, ge=1_000)
     metrica_timeout_s: float = Field(default=30.0, gt=0)
     retry_budget_s: float = Field(default=300.0, ge=0)
     retry_max_attempts: int = Field(default=12, ge=1)

@@ -12,7 +12,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -76,10 +76,22 @@ def configure(level: str = "INFO", fmt: str = "json", file: TextIO | None = None
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=file or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=file or cast(TextIO, _Stderr())),
         cache_logger_on_first_use=False,
     )
     _route_stdlib()
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is at the moment of writing, not at configuration: a runner that
+    swaps stderr (a test's CliRunner, a supervisor) and closes its copy must not make every
+    later log line raise."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def _route_stdlib() -> None:

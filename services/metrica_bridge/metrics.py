@@ -88,7 +88,34 @@ UPLOAD_RECORDS = Histogram(
 )
 QUOTA_REMAINING = Gauge(
     PREFIX + "metrica_daily_quota_remaining",
-    "Requests left in today's daily budget (resets 00:00 GMT).",
+    "Requests left in this quota day's budget (shared by every process on the store).",
+    registry=REGISTRY,
+)
+DAILY_BUDGET = Gauge(
+    PREFIX + "metrica_daily_budget",
+    "The daily request budget (METRICA_DAILY_BUDGET), for alert expressions.",
+    registry=REGISTRY,
+)
+QUOTA_PACE = Gauge(
+    PREFIX + "metrica_pace_requests_per_second",
+    "Requests per second the pace allows now: what is left of the budget, less the reserve,"
+    " spread evenly over the time to the reset.",
+    registry=REGISTRY,
+)
+QUOTA_RESET = Gauge(
+    PREFIX + "metrica_quota_reset_seconds",
+    "Seconds until the quota day resets (00:00 GMT with the default METRICA_QUOTA_DAY_S).",
+    registry=REGISTRY,
+)
+QUOTA_PROJECTED = Gauge(
+    PREFIX + "metrica_requests_projected",
+    "Requests this quota day will have used by the reset at the rate of the last minutes.",
+    registry=REGISTRY,
+)
+QUOTA_WAITING = Gauge(
+    PREFIX + "metrica_quota_waiting",
+    "1 while sending waits for the next quota day: the budget is spent (ours, or Metrica"
+    " answered 429 quota_requests_by_uid / quota_requests_by_counter_id).",
     registry=REGISTRY,
 )
 CONSUMER_LAG = Gauge(
@@ -125,7 +152,8 @@ ORDERS_OUTSIDE_WINDOW = Counter(
 )
 SETUP_ERROR = Gauge(
     PREFIX + "setup_error",
-    "1 while Metrica refuses the token or counter (401/403/404); sending is stopped.",
+    "1 while sending is stopped for a setup problem: Metrica refuses the token or counter"
+    " (401/403/404), or refuses every part of an upload the same way.",
     registry=REGISTRY,
 )
 PARTITIONS_ASSIGNED = Gauge(

@@ -28,7 +28,8 @@ from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrica.errors import RetryExhausted, SetupError
 from metrica_bridge.metrica.quota import QuotaGovernor
 from metrica_bridge.metrica.status_map import load_status_map
-from metrica_bridge.metrics import QUOTA_REMAINING
+from metrica_bridge.metrics import SETUP_ERROR
+from metrica_bridge.steps.batch import RequestLimits
 from metrica_bridge.steps.dlq import DeadLetters, dlq_topic
 from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.steps.send import Sender
@@ -71,7 +72,9 @@ class Service:
         return True, "ok"
 
     def _on_setup_error(self, message: str | None) -> None:
+        """Sending stopped for a setup problem (``message``), or resumed (None)."""
         self.setup_error = message
+        SETUP_ERROR.set(int(message is not None))
 
     # -- run ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, health_port: int | None = None) -> None:
@@ -95,8 +98,11 @@ class Service:
                 max_parallel=s.metrica_max_parallel,
                 requests_per_second=s.metrica_requests_per_second,
                 daily_budget=s.metrica_daily_budget,
+                reserve=s.metrica_budget_reserve,
+                quota_day_s=s.metrica_quota_day_s,
                 backend=StoreBudget(self.store),
             )
+            await governor.refresh()
             client = MetricaClient.from_settings(s, governor=governor)
             timezone = await self._counter_timezone(client, stop)
             if timezone is None:
@@ -104,7 +110,10 @@ class Service:
                 return
             producer = Producer.from_settings(s)
             owner = f"mb-{uuid.uuid4().hex[:12]}"
-            sender = Sender(client, self.store, owner, on_setup_error=self._on_setup_error)
+            limits = RequestLimits(s.metrica_max_request_records, s.metrica_max_request_bytes)
+            sender = Sender(
+                client, self.store, owner, limits=limits, on_setup_error=self._on_setup_error
+            )
             pipeline = Pipeline(
                 store=self.store,
                 codec=codec,
@@ -114,7 +123,8 @@ class Service:
                     max_records=s.batch_max_records,
                     max_bytes=s.batch_max_bytes,
                     linger_s=s.batch_linger_ms / 1000,
-                    linger_factor=client.governor.linger_factor,
+                    limits=limits,
+                    pace_delay=governor.send_delay,
                 ),
                 dead_letters=DeadLetters(producer),
                 timezone=timezone,
@@ -131,6 +141,7 @@ class Service:
             )
             pipeline.start()
             batcher = pipeline.batcher
+            governor.demand = lambda: batcher.waiting() > 0
             for kind in self.kinds:
                 topic = s.topics()[kind]
                 self.runners[topic] = TopicRunner(
@@ -197,7 +208,7 @@ class Service:
         next_purge = 0.0
         while True:
             try:
-                QUOTA_REMAINING.set(await client.governor.refresh())
+                await client.governor.refresh()  # the budget's gauges, every process's count
                 await asyncio.to_thread(store.renew_claims, pipeline.owner, CLAIM_LEASE_S)
                 if time.monotonic() >= next_purge:
                     purged = await asyncio.to_thread(

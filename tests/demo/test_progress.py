@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from rich.console import Console
 
 from metrica_bridge.demo.progress import Produced, Snapshot, take_snapshot
+from metrica_bridge.demo.view import live_view
 from metrica_bridge.metrics import PREFIX
 
 
@@ -74,3 +76,24 @@ def test_snapshot_reads_the_registry() -> None:
     assert (s.metrica_orders, s.metrica_contacts, s.metrica_uploads) == (7, 6, 2)
     assert s.accounted == 5
     assert not s.handled()  # the simulator has not said it is finished
+
+
+def test_the_view_shows_the_pace_the_projection_and_a_quota_wait() -> None:
+    registry = CollectorRegistry()
+    for name, value in (
+        ("metrica_daily_quota_remaining", 4_100),
+        ("metrica_pace_requests_per_second", 1.25),
+        ("metrica_requests_projected", 5_200),
+        ("metrica_daily_budget", 5_000),
+        ("metrica_quota_waiting", 1),
+    ):
+        Gauge(PREFIX + name, "", registry=registry).set(value)
+    s = take_snapshot(Produced(target=5), (0, 0, 0), registry)
+    assert (s.quota_remaining, s.pace, s.projected, s.daily_budget) == (4_100, 1.25, 5_200, 5_000)
+    assert s.waiting_for_quota
+    console = Console(width=200, record=True)
+    console.print(live_view([s], "demo", 1.0, done=False, stopping=False))
+    shown = console.export_text()
+    assert "75.0 requests/min" in shown
+    assert "5,200 of 5,000 projected" in shown
+    assert "waiting for the next quota day" in shown

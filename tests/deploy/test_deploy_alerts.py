@@ -46,13 +46,38 @@ def test_the_required_alerts_exist() -> None:
         "MetricaBridgeConsumerLagGrowing",
         "MetricaBridgeDeadLetters",
         "MetricaBridgeMetricaUnavailable",
-        "MetricaBridgeQuotaLow",
+        "MetricaBridgeBudgetWillRunOut",
+        "MetricaBridgeWaitingForQuota",
         "MetricaBridgeUploadsStale",
         "MetricaBridgeSetupError",
         "MetricaBridgeDown",
         "MetricaBridgeAbsent",
     } <= names
     assert len(names) == len(IDS), "duplicate alert names"
+
+
+def test_the_daily_quota_is_paced_not_paged() -> None:
+    """The pace spends the budget to the end of every quota day, and a quota wait loses nothing
+    (DESIGN.md §4): no alert on a low remainder, warnings only, and the alerts a long wait
+    would trip (no uploads, only 429s) leave it to MetricaBridgeWaitingForQuota."""
+    by_name = {str(r["alert"]): r for r in RULES}
+    assert not set(by_name) & {"MetricaBridgeQuotaLow", "MetricaBridgeQuotaExhausted"}
+    on_remaining = [
+        name
+        for name, rule in by_name.items()
+        if "metrica_bridge_metrica_daily_quota_remaining" in str(rule["expr"])
+    ]
+    assert not on_remaining, f"low every evening by design: {on_remaining}"
+    for name in ("MetricaBridgeBudgetWillRunOut", "MetricaBridgeWaitingForQuota"):
+        labels = by_name[name]["labels"]
+        assert isinstance(labels, dict)
+        assert labels["severity"] == "warning", name
+    for name in (
+        "MetricaBridgeUploadsStale",
+        "MetricaBridgeMetricaUnavailable",
+        "MetricaBridgeMetricaErrorsDominating",
+    ):
+        assert "metrica_bridge_metrica_quota_waiting" in str(by_name[name]["expr"]), name
 
 
 @pytest.mark.parametrize("rule", RULES, ids=IDS)

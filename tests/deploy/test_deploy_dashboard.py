@@ -64,6 +64,28 @@ def test_the_panels_operators_need() -> None:
     assert "histogram_quantile(0.99," in latency
 
 
+def test_the_daily_budget_panels() -> None:
+    """Pace, projection against the budget, time to the reset, what is left, and the wait."""
+    wanted = {
+        "Pace now": {"metrica_bridge_metrica_pace_requests_per_second"},
+        "Pace vs requests sent": {
+            "metrica_bridge_metrica_pace_requests_per_second",
+            "metrica_bridge_metrica_requests_total",
+        },
+        "Projected use vs budget": {
+            "metrica_bridge_metrica_requests_projected",
+            "metrica_bridge_metrica_daily_budget",
+        },
+        "Quota day resets in": {"metrica_bridge_metrica_quota_reset_seconds"},
+        "Daily quota remaining": {"metrica_bridge_metrica_daily_quota_remaining"},
+        "Waiting for quota": {"metrica_bridge_metrica_quota_waiting"},
+        "Quota waits": {"metrica_bridge_metrica_quota_waiting"},
+    }
+    for title, names in wanted.items():
+        used = set().union(*(metric_names(e) for t, e in EXPRS if t == title))
+        assert names <= used, (title, names - used)
+
+
 def test_panels_are_unique_and_on_the_provisioned_datasource() -> None:
     ids = [p["id"] for p in dashboard_panels()]
     assert len(ids) == len(set(ids))

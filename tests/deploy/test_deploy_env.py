@@ -152,3 +152,54 @@ def test_metrica_parallel_cap_holds_at_minimum_scale(tmp_path: Path) -> None:
     consumers = [n for n, s in bridge_services().items() if s.get("command", [""])[0] == "run"]
     parallel = {int(bridge_services()[n]["environment"]["METRICA_MAX_PARALLEL"]) for n in consumers}
     assert len(consumers) * max(parallel) <= 3
+
+
+# `KEY=value`, `KEY: value` and `- name: KEY`: anything that would set the variable.
+_SETS_TIMEZONE = re.compile(r"\bMETRICA_TIMEZONE\s*[=:]|name:\s*[\"']?METRICA_TIMEZONE\b")
+
+
+def test_no_deploy_file_overrides_the_counter_time_zone() -> None:
+    """The counter's zone is read from Metrica; a METRICA_TIMEZONE that differs from it would
+    shift every create_date_time / update_date_time for good (DESIGN.md §3)."""
+    for source, env in _sources().items():
+        assert "METRICA_TIMEZONE" not in env, source
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        assert not _SETS_TIMEZONE.search(text), path.relative_to(DEPLOY)
+
+
+def test_the_timezone_check_can_fail() -> None:
+    for line in (
+        "METRICA_TIMEZONE=Europe/Moscow",
+        "  METRICA_TIMEZONE: UTC",
+        "- name: METRICA_TIMEZONE",
+    ):
+        assert _SETS_TIMEZONE.search(line), line
+    assert not _SETS_TIMEZONE.search("# METRICA_TIMEZONE is deliberately not set")
+
+
+def _sandbox_quota_day_s() -> int:
+    command = [str(x) for x in bridge_services()["sandbox"]["command"]]
+    if "--quota-day-s" in command:
+        return int(command[command.index("--quota-day-s") + 1])
+    return 86_400  # the sandbox's default (DESIGN.md §6)
+
+
+def test_quota_days_and_reserve_fit_the_metrica_they_talk_to(tmp_path: Path) -> None:
+    """Production quota days are Metrica's (reset 00:00 GMT); compose's are the sandbox's. The
+    reserve that retries, reconciliation, schema-sync and probes live on is never 0."""
+    k8s = load_settings(environ=_settings_env(k8s_env(), tmp_path))
+    assert k8s.metrica_quota_day_s == 86_400
+    assert k8s.metrica_budget_reserve > 0
+    for name, svc in bridge_services().items():
+        if name == "sandbox":
+            continue
+        env = {k: str(v) for k, v in svc["environment"].items()}
+        settings = load_settings(environ=_settings_env(env, tmp_path))
+        assert settings.metrica_quota_day_s == _sandbox_quota_day_s(), name
+        assert settings.metrica_budget_reserve > 0, name

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from metrica_bridge.metrica.classify import (
+    TOO_LARGE_TYPES,
     Success,
     classify,
     classify_exception,
@@ -102,8 +103,8 @@ def test_throttled_by_quota_kind(quota: str, daily: bool) -> None:
     assert outcome.quota == quota
     assert outcome.daily is daily
     if daily:
-        assert outcome.retry_after == 3 * 3600  # until 00:00 GMT
-        assert RetryPolicy().delay(outcome, 1) == 3 * 3600
+        # Not a retry: the governor waits for the reset of the quota day, which it knows.
+        assert outcome.retry_after is None
     else:
         assert outcome.retry_after is None
         assert RetryPolicy(throttle_floor_s=1.0).delay(outcome, 1) >= 1.0
@@ -149,3 +150,17 @@ def test_backoff_is_full_jitter_and_capped() -> None:
     assert all(0 <= d <= 8.0 for d in delays)
     assert max(delays) > 4.0  # jitter spreads over the whole range
     assert all(0 <= policy.backoff(1) <= 1.0 for _ in range(50))
+
+
+def test_too_large_requests_are_permanent_with_one_error_type() -> None:
+    """A proxy's 413 (HTML body) and Metrica's 400 too_much_rows both say "split me"."""
+    html = httpx.Response(
+        413, text="<html><body><h1>413 Request Entity Too Large</h1></body></html>"
+    )
+    proxy = classify("orders", html, rows_sent=5000)
+    assert isinstance(proxy, PermanentError)
+    assert proxy.error_type in TOO_LARGE_TYPES
+    rows = classify("orders", _response(400, _error(400, "too_much_rows", "orders")), rows_sent=9)
+    assert isinstance(rows, PermanentError)
+    assert rows.error_type in TOO_LARGE_TYPES
+    assert rows.rows == ()

@@ -8,11 +8,9 @@ import pytest
 from prometheus_client import generate_latest
 
 from metrica_bridge.metrica.errors import (
-    BudgetExhausted,
     PermanentError,
     RetryExhausted,
     SetupError,
-    ThrottledError,
     TransientError,
     UnclearOutcome,
 )
@@ -106,40 +104,62 @@ async def test_short_quota_429_backs_off_and_resends(
     assert len(sandbox.contacts(COUNTER)) == 1
 
 
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+LATE = 1_740_956_400.0  # 2025-03-02 23:00 GMT
+
+
 @pytest.mark.parametrize("quota", ["quota_requests_by_uid", "quota_requests_by_counter_id"])
-async def test_daily_quota_429_stops_without_hammering(
+async def test_daily_quota_429_waits_for_the_next_quota_day(
     sandbox: SandboxServer, make_client: ClientFactory, quota: str
 ) -> None:
+    """Metrica's daily quota is spent: the upload waits for the reset (however long: not
+    against the retry budget, not as an attempt), nothing else reaches Metrica meanwhile,
+    and it is delivered in the next quota day."""
     sandbox.set_faults(quota_burst={"count": 1, "error_type": quota})
-    governor = QuotaGovernor(requests_per_second=10_000, daily_budget=100)
-    async with make_client(governor=governor) as client:
-        with pytest.raises(RetryExhausted) as caught:
-            await client.upload_contacts([contact(1)])
-        # Everyone in the process now waits for 00:00 GMT; nothing more reaches Metrica.
-        with pytest.raises(RetryExhausted) as second:
-            await client.upload_contacts([contact(2)])
-    last = caught.value.last
-    assert isinstance(last, ThrottledError)
-    assert last.daily
-    assert last.quota == quota
-    assert isinstance(second.value.last, BudgetExhausted)
-    assert governor.attempts == 1
-    assert governor.remaining() == 0
+    clock = Clock(LATE)
+    governor = QuotaGovernor(requests_per_second=10_000, daily_budget=100, clock=clock, poll_s=0.01)
+    tight = RetryPolicy(max_attempts=1, budget_s=0.05)  # a quota wait must not spend it
+    async with make_client(governor=governor, retry=tight) as client:
+        first = asyncio.create_task(client.upload_contacts([contact(1)]))
+        await asyncio.sleep(0.3)
+        second = asyncio.create_task(client.upload_contacts([contact(2)]))
+        await asyncio.sleep(0.3)
+        assert not first.done()
+        assert not second.done()
+        assert governor.attempts == 1  # no hammering while the quota is spent
+        assert governor.remaining() == 0
+        assert governor.waiting_for_quota()
+        clock.now = LATE + 3600  # 00:00 GMT
+        results = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert [r.elements_count for r in results] == [1, 1]
+    assert governor.attempts == 3
+    assert len(sandbox.contacts(COUNTER)) == 2
 
 
-async def test_sandbox_daily_quota_surfaces_as_throttled(
+async def test_sandbox_daily_quota_is_waited_out_on_short_quota_days(
     sandbox: SandboxServer, make_client: ClientFactory
 ) -> None:
-    sandbox.set_faults(daily_quota=2)
-    governor = QuotaGovernor(requests_per_second=10_000, daily_budget=100)
+    """The sandbox's own quota runs out before ours says so: uploads wait for the next quota
+    day (2 s long here, on both sides) and are all delivered; none fails."""
+    sandbox.set_faults(daily_quota=2, quota_day_s=2)
+    governor = QuotaGovernor(
+        requests_per_second=10_000, daily_budget=100, quota_day_s=2, poll_s=0.05
+    )
     async with make_client(governor=governor) as client:
-        await client.upload_contacts([contact(1)])
-        await client.upload_contacts([contact(2)])
-        with pytest.raises(RetryExhausted) as caught:
-            await client.upload_contacts([contact(3)])
-    assert isinstance(caught.value.last, ThrottledError)
-    assert caught.value.last.quota == "quota_requests_by_uid"
-    assert governor.attempts == 3
+        results = await asyncio.wait_for(
+            asyncio.gather(*(client.upload_contacts([contact(i)]) for i in range(5))), 20
+        )
+    assert all(r.api_validation_status == "PASSED" for r in results)
+    assert len(sandbox.contacts(COUNTER)) == 5
+    stats = sandbox.stats()
+    assert all(n <= 2 for n in stats["requests_by_quota_day"][str(COUNTER)].values())
 
 
 async def test_unknown_token_is_a_setup_error(
@@ -151,7 +171,6 @@ async def test_unknown_token_is_a_setup_error(
             await client.upload_contacts([contact(1)])
     assert caught.value.status == 401
     assert governor.attempts == 1  # never retried
-    assert REGISTRY.get_sample_value("metrica_bridge_setup_error") == 1
     assert "y0_not-a-known-token-4242" not in str(caught.value) + repr(caught.value)
 
 
@@ -165,7 +184,6 @@ async def test_rejected_token_is_a_setup_error(
         assert caught.value.status == 403
         sandbox.set_faults(reject_token=None)
         await client.get_order_statuses()
-    assert REGISTRY.get_sample_value("metrica_bridge_setup_error") == 0
 
 
 async def test_unknown_counter_is_a_setup_error(make_client: ClientFactory) -> None:
@@ -223,20 +241,22 @@ async def test_per_second_cap_keeps_under_the_ip_quota(
 async def test_daily_budget_is_never_exceeded(
     sandbox: SandboxServer, make_client: ClientFactory
 ) -> None:
-    governor = QuotaGovernor(requests_per_second=10_000, daily_budget=20)
-    async with make_client(governor=governor) as client:
-        results = await asyncio.gather(
-            *(client.upload_contacts([contact(i)]) for i in range(50)), return_exceptions=True
-        )
-    delivered = [r for r in results if not isinstance(r, BaseException)]
-    refused = [r for r in results if isinstance(r, BaseException)]
-    assert len(delivered) == 20
-    assert len(refused) == 30
-    assert all(
-        isinstance(r, RetryExhausted) and isinstance(r.last, BudgetExhausted) for r in refused
+    clock = Clock(LATE)
+    governor = QuotaGovernor(
+        requests_per_second=10_000, daily_budget=20, reserve=0, clock=clock, poll_s=0.01
     )
-    assert len(sandbox.uploads(COUNTER)) == 20
-    assert governor.remaining() == 0
+    async with make_client(governor=governor) as client:
+        uploads = [asyncio.create_task(client.upload_contacts([contact(i)])) for i in range(50)]
+        await asyncio.sleep(0.5)
+        assert sum(t.done() for t in uploads) == 20
+        assert len(sandbox.uploads(COUNTER)) == 20  # the rest wait for the next quota day
+        assert governor.remaining() == 0
+        clock.now = LATE + 3600  # the next quota day: 20 more, and no more
+        await asyncio.sleep(0.5)
+        assert len(sandbox.uploads(COUNTER)) == 40
+        clock.now = LATE + 3600 + 86_400
+        await asyncio.wait_for(asyncio.gather(*uploads), 5)
+    assert len(sandbox.uploads(COUNTER)) == 50
 
 
 async def test_flaky_api_every_record_lands_exactly_once(

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from metrica_bridge.cli import app
@@ -28,8 +29,21 @@ def _free_port() -> int:
 def test_help_lists_the_documented_options() -> None:
     result = CliRunner().invoke(app, ["sandbox", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--host", "--port", "--token", "--counter-id", "--timezone", "--state"):
+    for option in (
+        "--host", "--port", "--token", "--counter-id", "--timezone", "--state",
+        "--requests-per-day", "--quota-day-s",
+    ):  # fmt: skip
         assert option in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--requests-per-day", "0"), ("--quota-day-s", "0"), ("--quota-day-s", "-86400")],
+)
+def test_quota_options_below_one_are_refused(option: str, value: str) -> None:
+    result = CliRunner().invoke(app, ["sandbox", option, value], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert f"Invalid value for {option}" in result.output
 
 
 def test_unknown_time_zone_is_refused() -> None:
@@ -44,6 +58,7 @@ def test_serves_counters_and_never_logs_the_token(tmp_path: Path) -> None:
         sys.executable, "-m", "metrica_bridge.cli", "sandbox", "--port", str(port),
         "--token", SECRET, "--token", "other", "--counter-id", "7", "--counter-id", "8",
         "--timezone", "Asia/Yekaterinburg", "--state", str(tmp_path / "state.db"),
+        "--requests-per-day", "3", "--quota-day-s", "3600",
     ]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -77,6 +92,21 @@ def test_serves_counters_and_never_logs_the_token(tmp_path: Path) -> None:
             headers={"Authorization": f"Bearer {SECRET}"},
         )
         assert bearer.status_code == 401
+        faults = httpx.get(f"{base}/_sandbox/faults").json()
+        assert (faults["requests_per_day"], faults["quota_day_s"]) == (3, 3600)
+        # Two requests admitted so far (the 401 spends nothing): one left in this hour.
+        hour = int(time.time() // 3600)
+        last = [
+            httpx.get(f"{base}/cdp/api/v1/counter/7/last_uploadings", headers=headers)
+            for _ in range(2)
+        ]
+        if int(time.time() // 3600) == hour:
+            assert [r.status_code for r in last] == [200, 429]
+            assert last[1].json()["errors"][0]["error_type"] == "quota_requests_by_uid"
+            assert last[1].json()["message"].endswith(":00:00Z)")
+        httpx.post(f"{base}/_sandbox/faults", json={"requests_per_day": 100}).raise_for_status()
+        httpx.post(f"{base}/_sandbox/reset").raise_for_status()
+        assert httpx.get(f"{base}/_sandbox/faults").json()["requests_per_day"] == 3
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)

@@ -123,7 +123,9 @@ def test_faults_merge_and_report_the_full_state(sb: SandboxServer) -> None:
         "error_status": 503,
         "latency_ms": 50.0,
         "outage_seconds": 0.0,
+        "requests_per_day": 100,
         "daily_quota": 100,
+        "quota_day_s": 86_400,
         "parallel_limit": 3,
         "per_second_limit": 10_000,
         "reject_token": None,
@@ -131,9 +133,42 @@ def test_faults_merge_and_report_the_full_state(sb: SandboxServer) -> None:
         "quota_burst": {"count": 0, "error_type": "quota_requests_by_ip"},
         "apply_then_fail_rate": 0.0,
         "seed": None,
+        "max_request_rows": 10_000,
+        "max_request_bytes": None,
+        "error_locations": True,
     }
     sb.reset()
     assert sb.faults()["error_rate"] == 0.0
+
+
+@pytest.mark.parametrize("key", ["requests_per_day", "daily_quota"])
+def test_requests_per_day_and_its_alias_are_one_setting(sb: SandboxServer, key: str) -> None:
+    state = sb.set_faults(**{key: 7})
+    assert (state["requests_per_day"], state["daily_quota"]) == (7, 7)
+    assert sb.set_faults(requests_per_day=8, daily_quota=8)["daily_quota"] == 8
+
+
+def test_new_settings_are_set_and_reset(sb: SandboxServer) -> None:
+    state = sb.set_faults(
+        quota_day_s=60, max_request_rows=5, max_request_bytes=1024, error_locations=False
+    )
+    assert (
+        state["quota_day_s"],
+        state["max_request_rows"],
+        state["max_request_bytes"],
+        state["error_locations"],
+    ) == (60, 5, 1024, False)
+    assert sb.set_faults(max_request_bytes=None)["max_request_bytes"] is None
+
+    sb.reset()
+
+    state = sb.faults()
+    assert (
+        state["quota_day_s"],
+        state["max_request_rows"],
+        state["max_request_bytes"],
+        state["error_locations"],
+    ) == (86_400, 10_000, None, True)
 
 
 @pytest.mark.parametrize(
@@ -143,6 +178,17 @@ def test_faults_merge_and_report_the_full_state(sb: SandboxServer) -> None:
         {"error_status": 404},
         {"latency_ms": -1},
         {"daily_quota": 0},
+        {"requests_per_day": 0},
+        {"requests_per_day": 2.5},
+        {"requests_per_day": 5, "daily_quota": 6},
+        {"quota_day_s": 0},
+        {"quota_day_s": True},
+        {"max_request_rows": 0},
+        {"max_request_rows": None},
+        {"max_request_bytes": 0},
+        {"max_request_bytes": "1k"},
+        {"error_locations": "no"},
+        {"error_locations": 0},
         {"quota_burst": {"count": 2, "error_type": "backend_error"}},
         {"reject_error_type": "unauthorized"},
         {"errorRate": 0.1},

@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from metrica_bridge.steps.batch import Ack, Batcher, Endpoint, Pending
+from metrica_bridge.steps.batch import Ack, Batcher, Endpoint, Pending, RequestLimits
 
 
 class Recorder:
@@ -174,3 +174,91 @@ async def test_a_waiter_joins_a_contact_already_waiting() -> None:
     assert waiters == [["a", "b", "c"]]
     assert json.loads(sent.bodies[0]) == [{"v": 2}]
     await batcher.close()
+
+
+class Pace:
+    """A stand-in for the governor's pace: holds every request until ``open()``."""
+
+    def __init__(self) -> None:
+        self.until = float("inf")
+
+    def open(self) -> None:
+        self.until = 0.0
+
+    def __call__(self) -> float:
+        return max(0.0, self.until - time.monotonic())
+
+
+async def test_the_pace_holds_a_ready_batch_and_it_grows_to_the_largest_request() -> None:
+    sent = Recorder()
+    pace = Pace()
+    limits = RequestLimits(records=250, bytes=10**7)
+    batcher = Waiting(
+        sent, max_records=10, max_bytes=10**6, linger_s=0.0, limits=limits, pace_delay=pace
+    )
+    overdue = time.monotonic() - 1
+    tasks = [
+        asyncio.ensure_future(batcher.submit(Endpoint.ORDERS, f"o{i}", {"i": i}, overdue))
+        for i in range(600)
+    ]
+    await asyncio.sleep(0.2)
+    assert sent.batches == []  # full and due, but the pace says not yet
+    pace.open()
+    batcher.batcher._wake[Endpoint.ORDERS].set()
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=5)
+    sizes = [len(ids) for _, ids in sent.batches]
+    assert sizes[:2] == [250, 250]  # as large as a request may be, not BATCH_MAX_RECORDS
+    assert sum(sizes) == 600
+    await batcher.close()
+
+
+async def test_while_the_budget_is_ample_the_pace_is_not_in_the_way() -> None:
+    sent = Recorder()
+    batcher = Waiting(sent, max_records=10, max_bytes=10**6, linger_s=0.05, pace_delay=lambda: 0.0)
+    started = time.monotonic()
+    await batcher.submit(Endpoint.CONTACTS, "c1", {"v": 1}, batcher.deadline())
+    assert time.monotonic() - started < 0.5  # left on the linger
+    await batcher.close()
+
+
+async def test_unpaced_batches_stay_at_max_records_and_paced_ones_only_until_caught_up() -> None:
+    sent = Recorder()
+    pace = Pace()
+    pace.open()
+    limits = RequestLimits(records=250, bytes=10**7)
+    batcher = Waiting(
+        sent, max_records=10, max_bytes=10**6, linger_s=0.0, limits=limits, pace_delay=pace
+    )
+    overdue = time.monotonic() - 1
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(batcher.submit(Endpoint.ORDERS, f"a{i}", {"i": i}, overdue) for i in range(35))
+        ),
+        timeout=5,
+    )
+    assert max(len(ids) for _, ids in sent.batches) == 10
+    pace.until = time.monotonic() + 0.2  # held once: the backlog leaves in large requests
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(batcher.submit(Endpoint.ORDERS, f"b{i}", {"i": i}, overdue) for i in range(300))
+        ),
+        timeout=5,
+    )
+    caught_up = len(sent.batches)
+    assert [len(ids) for _, ids in sent.batches[caught_up - 2 :]] == [250, 50]
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(batcher.submit(Endpoint.ORDERS, f"c{i}", {"i": i}, overdue) for i in range(35))
+        ),
+        timeout=5,
+    )
+    assert max(len(ids) for _, ids in sent.batches[caught_up:]) == 10  # back to normal
+    await batcher.close()
+
+
+def test_a_request_refused_as_too_large_halves_the_limits() -> None:
+    limits = RequestLimits(records=10_000, bytes=10_000_000)
+    limits.learn_too_large(records=6_000, size=3_000_000)
+    assert (limits.records, limits.bytes) == (3_000, 1_500_000)
+    limits.learn_too_large(records=1, size=2_000_000)  # one record alone: only the bytes
+    assert (limits.records, limits.bytes) == (3_000, 1_000_000)

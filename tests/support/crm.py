@@ -22,6 +22,7 @@ from tests.support.stack import COUNTER, STATUS_MAP, TOKEN
 STATUSES = ("qualified", "won", "lost", "junk")
 LEAD = "crm.events.LeadCreated"
 DEAL = "crm.events.DealStatusChanged"
+_CODEC = Codec.from_dir(PROJECT_ROOT / "schemas")
 
 
 @dataclass
@@ -93,16 +94,25 @@ def produce(
     leads: bool = True,
     statuses: bool = True,
 ) -> None:
-    codec = Codec.from_dir(PROJECT_ROOT / "schemas")
     with Producer({"bootstrap.servers": bootstrap}) as producer:
-        for key, record in stream.leads if leads else []:
-            producer.send(topics["lead-created"], key.encode(), codec.encode(LEAD, record))
-        if statuses:
-            for key, record in stream.statuses:
-                producer.send(
-                    topics["deal-status-changed"], key.encode(), codec.encode(DEAL, record)
-                )
-        producer.flush()
+        send(producer, topics, stream, leads=leads, statuses=statuses)
+
+
+def send(
+    producer: Producer,
+    topics: dict[str, str],
+    stream: Stream,
+    *,
+    leads: bool = True,
+    statuses: bool = True,
+) -> None:
+    """``produce`` on a producer the caller keeps open: traffic spread over time."""
+    for key, record in stream.leads if leads else []:
+        producer.send(topics["lead-created"], key.encode(), _CODEC.encode(LEAD, record))
+    if statuses:
+        for key, record in stream.statuses:
+            producer.send(topics["deal-status-changed"], key.encode(), _CODEC.encode(DEAL, record))
+    producer.flush()
 
 
 def push_status_map(sandbox_url: str) -> None:

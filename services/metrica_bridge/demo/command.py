@@ -28,7 +28,7 @@ from metrica_bridge import logs
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import Settings
 from metrica_bridge.demo.progress import Produced, Snapshot, take_snapshot
-from metrica_bridge.demo.stack import EmbeddedStack, StoreKind
+from metrica_bridge.demo.stack import EmbeddedStack, StoreKind, Tuning
 from metrica_bridge.demo.view import accounted_line, live_view, plain_line, summary
 from metrica_bridge.kafka.producer import Producer
 from metrica_bridge.kafka.settings import producer_config
@@ -56,6 +56,7 @@ class DemoOptions:
     poison: float = 0.01
     keep_files: bool = False
     log_level: str = "INFO"
+    quota_day_s: int = Tuning.quota_day_s
     refresh_per_second: float = 4.0
     plain_interval_s: float = 2.0
 
@@ -70,8 +71,13 @@ class Demo:
         self.title = (
             f"metrica-bridge demo · seed {self.seed} · {options.events:,} events"
             f" at {f'{options.rate:,.0f}/s' if options.rate else 'full speed'}"
+            f" · quota day {options.quota_day_s:,} s"
         )
-        self.stack = EmbeddedStack(store=options.store, keep_files=options.keep_files)
+        self.stack = EmbeddedStack(
+            store=options.store,
+            keep_files=options.keep_files,
+            tuning=Tuning(quota_day_s=options.quota_day_s),
+        )
         self.stop = asyncio.Event()
         self.force = asyncio.Event()
         self.produced = Produced(options.events)
@@ -334,6 +340,14 @@ def demo(
         bool, typer.Option("--keep-files", help="Keep the temp dir (store, logs) on exit.")
     ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="Service log level.")] = "INFO",
+    quota_day_s: Annotated[
+        int,
+        typer.Option(
+            "--quota-day-s",
+            min=60,
+            help="Length of a Metrica quota day (5,000 requests) for the service and the sandbox.",
+        ),
+    ] = Tuning.quota_day_s,
 ) -> None:
     """Run everything embedded: broker, Metrica sandbox, consumers, CRM simulator, live progress."""
     if store not in ("sqlite", "postgres"):
@@ -349,6 +363,7 @@ def demo(
         poison=poison,
         keep_files=keep_files,
         log_level=log_level,
+        quota_day_s=quota_day_s,
     )
     console = Console(highlight=False)
     runner = Demo(options, console)

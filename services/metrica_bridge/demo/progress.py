@@ -67,6 +67,10 @@ class Snapshot:
     upload_records: dict[str, int] = field(default_factory=dict)
     requests: dict[str, int] = field(default_factory=dict)  # result class -> requests
     quota_remaining: int | None = None
+    pace: float | None = None  # requests per second the daily budget's pace allows
+    projected: int | None = None  # requests this quota day will have used by the reset
+    daily_budget: int | None = None
+    waiting_for_quota: bool = False
     setup_error: bool = False
     metrica_orders: int = 0
     metrica_contacts: int = 0
@@ -121,6 +125,15 @@ def _total(samples: Samples, name: str) -> int:
     return sum(_by(samples, name).values())
 
 
+def _gauge(samples: Samples, name: str) -> float | None:
+    """An unlabelled gauge's value, None while it is not exported."""
+    return next((v for n, _, v in samples if n == PREFIX + name), None)
+
+
+def _whole(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
 def take_snapshot(
     produced: Produced,
     metrica: tuple[int, int, int] = (0, 0, 0),
@@ -129,7 +142,6 @@ def take_snapshot(
     """``metrica``: the sandbox's (orders, contacts, uploads) for the demo counter."""
     s = _samples(registry)
     lag = sum(max(0, n) for n in _by(s, "consumer_lag", "partition").values())
-    quota = _by(s, "metrica_daily_quota_remaining")
     return Snapshot(
         at=time.monotonic(),
         produced=produced.acknowledged if produced.acknowledged is not None else produced.count,
@@ -146,7 +158,11 @@ def take_snapshot(
         uploads=_by(s, "upload_records_count", "endpoint"),
         upload_records=_by(s, "upload_records_sum", "endpoint"),
         requests=_by(s, "metrica_requests_total", "result"),
-        quota_remaining=quota.get(""),
+        quota_remaining=_whole(_gauge(s, "metrica_daily_quota_remaining")),
+        pace=_gauge(s, "metrica_pace_requests_per_second"),
+        projected=_whole(_gauge(s, "metrica_requests_projected")),
+        daily_budget=_whole(_gauge(s, "metrica_daily_budget")),
+        waiting_for_quota=bool(_gauge(s, "metrica_quota_waiting")),
         setup_error=_total(s, "setup_error") > 0,
         metrica_orders=metrica[0],
         metrica_contacts=metrica[1],

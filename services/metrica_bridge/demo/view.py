@@ -45,7 +45,9 @@ def _status(s: Snapshot, done: bool, stopping: bool) -> Text:
     if done:
         return Text("done: every event handled · Ctrl-C to stop", style="bold green")
     if s.setup_error:
-        return Text("Metrica refuses the token or counter: sending stopped", style="bold red")
+        return Text("Metrica refuses the token, counter or data: sending stopped", style="bold red")
+    if s.waiting_for_quota:
+        return Text("daily quota spent: waiting for the next quota day", style="bold yellow")
     if not s.assigned:
         return Text("consumers joining…", style="yellow")
     return Text("running", style="bold cyan")
@@ -114,6 +116,8 @@ def live_view(
             ("orders held", _n(s.metrica_orders)),
             ("contacts held", _n(s.metrica_contacts)),
             ("daily quota left", "-" if s.quota_remaining is None else _n(s.quota_remaining)),
+            ("pace", "-" if s.pace is None else f"{s.pace * 60:,.1f} requests/min"),
+            ("by the reset", _projection(s)),
         ],
     )
     sections = (produced, consumers, metrica)
@@ -139,6 +143,13 @@ def live_view(
         Group(header, bars, Text(""), grid),
         border_style="green" if done else "cyan",
     )
+
+
+def _projection(s: Snapshot) -> str:
+    """Requests the quota day will have used by its reset at the recent rate, of the budget."""
+    if s.projected is None or s.daily_budget is None:
+        return "-"
+    return f"{_n(s.projected)} of {_n(s.daily_budget)} projected"
 
 
 def _dlq_classes(s: Snapshot) -> list[str]:

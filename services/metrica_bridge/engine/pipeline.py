@@ -49,7 +49,7 @@ from metrica_bridge.metrics import (
 )
 from metrica_bridge.steps import enrich
 from metrica_bridge.steps import map as mapping
-from metrica_bridge.steps.batch import Ack, Batcher, Endpoint, Pending, SendFn
+from metrica_bridge.steps.batch import Ack, Batcher, Endpoint, Pending, RequestLimits, SendFn
 from metrica_bridge.steps.dedupe import Dedupe
 from metrica_bridge.steps.dlq import DeadLetters, SourceRecord, is_replay
 from metrica_bridge.steps.parse import parse
@@ -82,7 +82,8 @@ class Batching:
     max_records: int
     max_bytes: int
     linger_s: float
-    linger_factor: Callable[[], float] = lambda: 1.0
+    limits: RequestLimits | None = None  # the largest request (default: max_records, max_bytes)
+    pace_delay: Callable[[], float] = lambda: 0.0  # seconds until the pace lets a request go
 
 
 @dataclass(slots=True)
@@ -135,7 +136,8 @@ class Pipeline:
             max_records=batching.max_records,
             max_bytes=batching.max_bytes,
             linger_s=batching.linger_s,
-            linger_factor=batching.linger_factor,
+            limits=batching.limits,
+            pace_delay=batching.pace_delay,
         )
         self.recorder = Recorder(store)
         self.dedupe = Dedupe(store)

@@ -10,7 +10,9 @@ Decisions the API documentation leaves open (see docs/decisions.md):
   (idempotent under SAVE/UPDATE) until the odd record is alone.
 * A 2xx whose body cannot be read is transient and unclear: the upload may have been applied.
 * 401, 403 and 404 are setup errors; 420 is treated like 429 (seen in third-party code);
-  408 is transient and clear (the server never read the request); other 4xx are permanent.
+  408 is transient and clear (the server never read the request); 413 is permanent with the
+  error type ``request_too_large``, like a 400 ``too_much_rows`` (the request is split, §11);
+  other 4xx are permanent.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import email.utils
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -34,6 +36,9 @@ from metrica_bridge.metrica.errors import (
 
 # The per-login and per-counter daily quotas last until 00:00 GMT (metrica-api.md §12).
 DAILY_QUOTAS = frozenset({"quota_requests_by_uid", "quota_requests_by_counter_id"})
+# A request refused for its size (400 too_much_rows, §11; or HTTP 413): split it, never DLQ it.
+TOO_LARGE = "request_too_large"
+TOO_LARGE_TYPES = frozenset({"too_much_rows", TOO_LARGE})
 _ROW = re.compile(r"^\s*[A-Za-z_]+\[(\d+)\]")
 _MAX_MESSAGE = 300
 
@@ -59,11 +64,6 @@ class Success:
 
 
 Outcome = Success | TransientError | ThrottledError | SetupError | PermanentError
-
-
-def next_utc_midnight(now: datetime | None = None) -> datetime:
-    now = now or datetime.now(UTC)
-    return datetime(now.year, now.month, now.day, tzinfo=UTC) + timedelta(days=1)
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
@@ -214,13 +214,14 @@ def classify(
     if code in (429, 420):
         quota = next((e.error_type for e in errors if e.error_type.startswith("quota_")), None)
         daily = quota in DAILY_QUOTAS
+        # A daily quota lasts until the reset of the quota day, which the governor knows.
         retry_after = retry_after_seconds(response.headers.get("Retry-After"), now)
-        if daily:
-            until_reset = (next_utc_midnight(now) - (now or datetime.now(UTC))).total_seconds()
-            retry_after = max(retry_after or 0.0, until_reset)
         return ThrottledError(message, quota=quota, daily=daily, retry_after=retry_after, **common)
     if code in (401, 403, 404):
         return SetupError(message, **common)
+    if code == 413:
+        # Answered by whatever fronts the API, before it is read: the request is too large.
+        return PermanentError(message, **{**common, "error_type": TOO_LARGE})
     if code == 408:
         return TransientError(message, unclear=False, **common)
     if code >= 500:

@@ -12,8 +12,8 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Generator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -31,7 +31,6 @@ from metrica_bridge.metrica.classify import (
     classify_exception,
 )
 from metrica_bridge.metrica.errors import (
-    BudgetExhausted,
     MetricaError,
     PermanentError,
     RetryExhausted,
@@ -42,9 +41,10 @@ from metrica_bridge.metrica.errors import (
 )
 from metrica_bridge.metrica.quota import QuotaGovernor, shared_governor
 from metrica_bridge.metrica.retry import RetryPolicy
-from metrica_bridge.metrics import METRICA_REQUEST_DURATION, METRICA_REQUESTS, SETUP_ERROR
+from metrica_bridge.metrics import METRICA_REQUEST_DURATION, METRICA_REQUESTS
 
 MergeMode = Literal["SAVE", "UPDATE", "APPEND"]
+BeforeSend = Callable[[], Awaitable[None]]
 MERGE_MODES: tuple[str, ...] = ("SAVE", "UPDATE", "APPEND")
 # SAVE and UPDATE converge on the same state however often they are applied; APPEND does not.
 IDEMPOTENT_MODES = frozenset({"SAVE", "UPDATE"})
@@ -130,6 +130,8 @@ class MetricaClient:
                 max_parallel=settings.metrica_max_parallel,
                 requests_per_second=settings.metrica_requests_per_second,
                 daily_budget=settings.metrica_daily_budget,
+                reserve=settings.metrica_budget_reserve,
+                quota_day_s=settings.metrica_quota_day_s,
             )
         client = cls(
             api_url=settings.metrica_api_url,
@@ -177,13 +179,19 @@ class MetricaClient:
         entity: Literal["contacts", "orders"],
         encoded: Sequence[bytes],
         merge_mode: MergeMode = "UPDATE",
+        *,
+        paced: bool = False,
+        before_send: BeforeSend | None = None,
     ) -> UploadResult:
         """Upload records already encoded as JSON objects (the batcher encodes each once, to
-        know its size); the body is those bytes joined, not a second encoding."""
+        know its size); the body is those bytes joined, not a second encoding. ``paced`` and
+        ``before_send``: see :meth:`_call`."""
         if not encoded:
             raise ValueError("nothing to upload")
         content = b'{"%s":[%s]}' % (entity.encode(), b",".join(encoded))
-        return await self._post_upload(entity, content, len(encoded), merge_mode)
+        return await self._post_upload(
+            entity, content, len(encoded), merge_mode, paced=paced, before_send=before_send
+        )
 
     async def get_order_statuses(self) -> list[dict[str, Any]]:
         outcome = await self._call(
@@ -256,7 +264,14 @@ class MetricaClient:
         return await self._post_upload(entity, content, len(records), mode)
 
     async def _post_upload(
-        self, entity: Literal["contacts", "orders"], content: bytes, rows: int, mode: str
+        self,
+        entity: Literal["contacts", "orders"],
+        content: bytes,
+        rows: int,
+        mode: str,
+        *,
+        paced: bool = False,
+        before_send: BeforeSend | None = None,
     ) -> UploadResult:
         if mode not in MERGE_MODES:
             raise ValueError(f"merge_mode must be one of {', '.join(MERGE_MODES)}")
@@ -268,6 +283,8 @@ class MetricaClient:
             content=content,
             rows_sent=rows,
             resend_safe=mode in IDEMPOTENT_MODES,
+            paced=paced,
+            before_send=before_send,
         )
         assert outcome.upload is not None  # classify() guarantees it for uploads
         return outcome.upload
@@ -307,35 +324,47 @@ class MetricaClient:
         content: bytes | None = None,
         rows_sent: int | None = None,
         resend_safe: bool,
+        paced: bool = False,
+        before_send: BeforeSend | None = None,
     ) -> Success:
+        """One request, retried while its failures allow. ``paced``: its first attempt waits
+        for the pace (uploads); retries draw on the reserve. ``before_send`` runs once the
+        first attempt is admitted, and again after a daily-quota refusal (which proves nothing
+        was applied), right before the request leaves."""
         if body is not None:
             content = dumps(body)
         started = time.monotonic()
-        # The daily budget may be waited for only while the retry budget lasts.
-        wait_until = datetime.now(UTC) + timedelta(seconds=self.retry.budget_s)
+        waited = 0.0  # in the governor: a wait for the quota is never a failure (DESIGN.md §5)
         attempt = 0
+        fresh = True  # nothing of this request has reached Metrica yet
         while True:
-            attempt += 1
-            try:
-                async with self.governor.request(wait_until=wait_until):
-                    outcome = await self._attempt(endpoint, method, url, params, content, rows_sent)
-            except BudgetExhausted as exc:
-                exc.endpoint = endpoint
-                raise RetryExhausted(
-                    exc, attempts=attempt - 1, elapsed_s=time.monotonic() - started
-                ) from None
+            queued = time.monotonic()
+            async with self.governor.request(paced=paced and fresh):
+                waited += time.monotonic() - queued
+                if fresh and before_send is not None:
+                    await before_send()
+                fresh = False
+                outcome = await self._attempt(endpoint, method, url, params, content, rows_sent)
             METRICA_REQUESTS.labels(endpoint, _result(outcome)).inc()
             if isinstance(outcome, Success):
-                SETUP_ERROR.set(0)
                 return outcome
             failure: MetricaError = outcome
             if isinstance(outcome, SetupError):
-                SETUP_ERROR.set(1)
-                raise outcome
+                raise outcome  # whoever stops sending says so (metrics.SETUP_ERROR)
             if isinstance(outcome, PermanentError):
                 raise outcome
             if isinstance(outcome, ThrottledError) and outcome.daily:
-                await self.governor.exhaust_today()
+                # Not a failure of this request: wait for the next quota day, however long.
+                log.warning(
+                    "Metrica's daily quota is spent; sending waits for the next quota day",
+                    endpoint=endpoint,
+                    error_type=outcome.error_type,
+                    reset_at=self.governor.reset_at().isoformat(),
+                )
+                await self.governor.metrica_quota_spent()
+                fresh = True
+                continue
+            attempt += 1
             if isinstance(outcome, TransientError) and outcome.unclear and not resend_safe:
                 raise UnclearOutcome(
                     f"{outcome.message}; not re-sent: merge mode APPEND is not idempotent",
@@ -344,7 +373,7 @@ class MetricaClient:
                     error_type=outcome.error_type,
                 )
             delay = self.retry.delay(failure, attempt, self._rng)
-            elapsed = time.monotonic() - started
+            elapsed = time.monotonic() - started - waited
             if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.budget_s:
                 raise RetryExhausted(failure, attempts=attempt, elapsed_s=elapsed)
             log.info(

@@ -1,15 +1,18 @@
 """The quota governor: one per token, shared by everything in the process (DESIGN.md §4).
 
-Three limits, applied to every request attempt (retries included) in this order:
+Every request attempt passes three gates, in this order:
 
-1. the daily request budget (resets 00:00 GMT) — taken first, so a request waiting for
-   tomorrow never holds a parallel slot;
-2. at most ``max_parallel`` (≤ 3) requests in flight — an asyncio semaphore;
-3. a requests-per-second cap — a token bucket, entered while holding the slot so that
-   requests freed together do not burst.
+1. the daily budget and its pace (:mod:`metrica_bridge.metrica.pace`), decided in the shared
+   store so that every process of one login and counter spends one budget at one pace. First
+   attempts of uploads are *paced*; everything else (retries, reconciliation, schema-sync,
+   counter lookups, setup probes) is only counted, and may use the reserve;
+2. at most ``max_parallel`` (≤ 3, metrica-api.md §12) requests in flight, an asyncio semaphore;
+3. a requests-per-second cap, a token bucket entered while holding the slot so that requests
+   freed together do not burst.
 
-The daily count lives behind :class:`BudgetBackend` so several processes can share one budget
-(a table in the PostgreSQL store later); :class:`InMemoryBudget` serves one process.
+When the budget is spent (ours, or Metrica answered a daily 429) the service *waits* for the
+next quota day: never an error, never a dead letter (DESIGN.md §4). Command-line tools are
+built with ``wait_for_quota=False`` instead and fail at once with :class:`BudgetExhausted`.
 """
 
 from __future__ import annotations
@@ -17,64 +20,67 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol
 
-from metrica_bridge.metrica.classify import next_utc_midnight
 from metrica_bridge.metrica.errors import BudgetExhausted
-from metrica_bridge.metrics import QUOTA_REMAINING
+from metrica_bridge.metrica.pace import (
+    PACE_BURST,
+    Budget,
+    Decision,
+    QuotaDays,
+    Slot,
+    decide,
+    pace,
+    paced_delay,
+    reserve_requests,
+)
+from metrica_bridge.metrics import (
+    DAILY_BUDGET,
+    QUOTA_PACE,
+    QUOTA_PROJECTED,
+    QUOTA_REMAINING,
+    QUOTA_RESET,
+    QUOTA_WAITING,
+)
 
 
 class BudgetBackend(Protocol):
-    """Counts request attempts per UTC day. Implementations must be safe for concurrent use."""
+    """Keeps each quota day's :class:`Slot`. ``take`` must run ``decide`` and store a granted
+    decision's state atomically with respect to every other user of the same budget."""
 
-    async def take(self, day: date, limit: int) -> int | None:
-        """Count one attempt on ``day``; return what is left after it, or None when spent."""
+    async def take(self, day: str, decide: Callable[[Slot], Decision]) -> Decision: ...
+
+    async def state(self, day: str) -> Slot: ...
+
+    async def exhaust(self, day: str, requests: int) -> None:
+        """Metrica said the daily quota is spent: count ``day`` as used up."""
         ...
-
-    async def give_back(self, day: date) -> None:
-        """Undo one :meth:`take` whose request was never sent."""
-        ...
-
-    async def exhaust(self, day: date, limit: int) -> None:
-        """Metrica said the daily quota is spent: treat ``day`` as used up."""
-        ...
-
-    async def used(self, day: date) -> int: ...
 
 
 class InMemoryBudget:
-    """One process's count; a new UTC day starts from zero."""
+    """One process's count (tests, command-line tools)."""
 
     def __init__(self) -> None:
-        self._day: date | None = None
-        self._used = 0
-
-    def _roll(self, day: date) -> None:
-        if self._day != day:
-            self._day, self._used = day, 0
+        self._days: dict[str, Slot] = {}
 
     # No awaits inside: the event loop makes each method atomic.
-    async def take(self, day: date, limit: int) -> int | None:
-        self._roll(day)
-        if self._used >= limit:
-            return None
-        self._used += 1
-        return limit - self._used
+    async def take(self, day: str, decide: Callable[[Slot], Decision]) -> Decision:
+        decision = decide(self._days.get(day, Slot()))
+        if decision.granted:
+            self._days[day] = decision.state
+        return decision
 
-    async def give_back(self, day: date) -> None:
-        if self._day == day and self._used > 0:
-            self._used -= 1
+    async def state(self, day: str) -> Slot:
+        return self._days.get(day, Slot())
 
-    async def exhaust(self, day: date, limit: int) -> None:
-        self._roll(day)
-        self._used = max(self._used, limit)
-
-    async def used(self, day: date) -> int:
-        self._roll(day)
-        return self._used
+    async def exhaust(self, day: str, requests: int) -> None:
+        slot = self._days.get(day, Slot())
+        self._days[day] = Slot(max(slot.used, requests), slot.next_at)
 
 
 class TokenBucket:
@@ -113,30 +119,42 @@ class QuotaGovernor:
         max_parallel: int = 3,
         requests_per_second: float = 5.0,
         daily_budget: int = 5_000,
+        reserve: float = 0.1,
+        quota_day_s: int = 86_400,
         backend: BudgetBackend | None = None,
-        burst: float = 1.0,
-        max_linger_factor: float = 30.0,
-        utcnow: Callable[[], datetime] = lambda: datetime.now(UTC),
-        reset_poll_s: float = 30.0,
+        burst: int = PACE_BURST,
+        wait_for_quota: bool = True,
+        clock: Callable[[], float] = time.time,
+        poll_s: float = 30.0,
     ) -> None:
         if not 1 <= max_parallel <= 3:
             raise ValueError("max_parallel must be between 1 and 3 (Metrica's per-login limit)")
-        if daily_budget < 1:
-            raise ValueError("daily_budget must be at least 1")
         self.max_parallel = max_parallel
-        self.daily_budget = daily_budget
+        self.budget = Budget(daily_budget, reserve_requests(daily_budget, reserve), burst)
+        self.days = QuotaDays(quota_day_s)
         self.backend: BudgetBackend = backend or InMemoryBudget()
-        self.max_linger_factor = max_linger_factor
-        self._utcnow = utcnow
-        self._reset_poll_s = reset_poll_s
+        self.wait_for_quota = wait_for_quota
+        self._clock = clock
+        self._poll_s = poll_s
         self._slots = asyncio.Semaphore(max_parallel)
-        self._bucket = TokenBucket(requests_per_second, burst)
-        self._remaining_day: date | None = None
-        self._remaining = daily_budget
+        self._bucket = TokenBucket(requests_per_second)
+        self._seen_day = ""
+        self._seen = Slot()
+        self._samples: deque[tuple[float, int]] = deque()  # (time, used) for the projection
+        # After a daily 429 in the first minutes of a quota day (clocks that disagree about the
+        # reset), a short local pause instead of a whole day lost.
+        self._blocked_until = 0.0
+        self.waiting = 0  # requests waiting for the next quota day now
+        self.demand: Callable[[], bool] = lambda: False  # records waiting to be sent
         self.in_flight = 0
         self.max_in_flight_seen = 0
         self.attempts = 0
-        QUOTA_REMAINING.set(daily_budget)
+        DAILY_BUDGET.set(daily_budget)
+        self._observe(self._clock())
+
+    @property
+    def daily_budget(self) -> int:
+        return self.budget.requests
 
     def __repr__(self) -> str:
         return (
@@ -144,91 +162,135 @@ class QuotaGovernor:
             f"remaining={self.remaining()})"
         )
 
-    # -- the daily budget, as the batcher sees it --------------------------------------------
+    # -- what the rest of the process may ask, without I/O -------------------------------------
 
-    def _today(self) -> date:
-        return self._utcnow().astimezone(UTC).date()
-
-    def _note_remaining(self, day: date, remaining: int) -> None:
-        self._remaining_day, self._remaining = day, max(0, remaining)
-        QUOTA_REMAINING.set(self._remaining)
+    def _current(self, now: float) -> Slot:
+        return self._seen if self._seen_day == self.days.key(now) else Slot()
 
     def remaining(self) -> int:
-        """Requests left today, as last seen by this process (no I/O)."""
-        if self._remaining_day != self._today():
-            return self.daily_budget
-        return self._remaining
+        """Requests left in this quota day, as last seen by this process."""
+        return max(0, self.budget.requests - self._current(self._clock()).used)
 
     def reset_at(self) -> datetime:
-        return next_utc_midnight(self._utcnow())
+        return datetime.fromtimestamp(self.days.reset_at(self._clock()), UTC)
 
-    def budget_pressure(self) -> float:
-        """0.0 with the whole budget left, 1.0 when it is spent."""
-        return 1.0 - self.remaining() / self.daily_budget
+    def pace(self) -> float:
+        """Requests per second the pace allows now."""
+        now = self._clock()
+        left = self.days.reset_at(now) - now
+        return pace(self.budget.requests, self.budget.reserve, self._current(now).used, left)
 
-    def linger_factor(self) -> float:
-        """How much the batcher should stretch its linger: 1.0 while at least half the budget is
-        left, then ``0.5 / fraction_left`` (2x at 25 % left, 5x at 10 %), capped."""
-        left = self.remaining() / self.daily_budget
-        if left >= 0.5:
-            return 1.0
-        if left <= 0:
-            return self.max_linger_factor
-        return min(self.max_linger_factor, 0.5 / left)
+    def send_delay(self) -> float:
+        """Seconds until a paced request could leave, judging by the last state seen (0: now).
+        The batcher holds a batch this long, and it grows meanwhile."""
+        now = self._clock()
+        if self._blocked_until > now:
+            return self._blocked_until - now
+        reset = self.days.reset_at(now)
+        return paced_delay(self._current(now), self.budget, now=now, reset_at=reset)
+
+    def waiting_for_quota(self) -> bool:
+        """Sending waits for the next quota day: a request is blocked on it, or records wait
+        while the paced budget is spent."""
+        if self.waiting:
+            return True
+        now = self._clock()
+        spent = self._current(now).used >= self.budget.requests - self.budget.reserve
+        return (spent or self._blocked_until > now) and self.demand()
+
+    # -- the shared state ----------------------------------------------------------------------
+
+    def _observe(self, now: float, day: str | None = None, slot: Slot | None = None) -> None:
+        if day is not None and slot is not None:
+            if day != self._seen_day:
+                self._samples.clear()
+            self._seen_day, self._seen = day, slot
+            self._samples.append((now, slot.used))
+            window = min(600.0, self.days.length_s / 24)
+            while len(self._samples) > 2 and self._samples[1][0] <= now - window:
+                self._samples.popleft()
+        used = self._current(now).used
+        left_s = self.days.reset_at(now) - now
+        QUOTA_REMAINING.set(max(0, self.budget.requests - used))
+        QUOTA_RESET.set(left_s)
+        QUOTA_PACE.set(pace(self.budget.requests, self.budget.reserve, used, left_s))
+        QUOTA_PROJECTED.set(used + self._rate() * left_s)
+        QUOTA_WAITING.set(int(self.waiting_for_quota()))
+
+    def _rate(self) -> float:
+        """Requests per second over the last minutes, every process together."""
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, u0), (t1, u1) = self._samples[0], self._samples[-1]
+        return (u1 - u0) / (t1 - t0) if t1 > t0 else 0.0
 
     async def refresh(self) -> int:
-        """Re-read the shared count (other processes spend it too)."""
-        day = self._today()
-        self._note_remaining(day, self.daily_budget - await self.backend.used(day))
-        return self._remaining
+        """Re-read the shared count (other processes spend it too); returns what is left."""
+        now = self._clock()
+        day = self.days.key(now)
+        self._observe(now, day, await self.backend.state(day))
+        return self.remaining()
 
-    async def exhaust_today(self) -> None:
-        """Metrica answered 429 with a daily quota: stop everyone until the reset."""
-        day = self._today()
-        await self.backend.exhaust(day, self.daily_budget)
-        self._note_remaining(day, 0)
+    async def metrica_quota_spent(self) -> None:
+        """Metrica answered 429 with a daily quota: stop everyone until the reset. In the first
+        minutes of a quota day it more likely means Metrica's clock has not reset yet than that
+        the new day is spent: pause briefly instead (one probe a minute at most)."""
+        now = self._clock()
+        length = self.days.length_s
+        if now - self.days.started_at(now) < min(600.0, length / 100):
+            self._blocked_until = now + min(60.0, length / 1000)
+        else:
+            day = self.days.key(now)
+            await self.backend.exhaust(day, self.budget.requests)
+            self._observe(now, day, await self.backend.state(day))
+        self._observe(now)
 
-    async def _take_budget(self, deadline: datetime | None) -> date:
+    async def _admit(self, paced: bool) -> None:
         while True:
-            day = self._today()
-            left = await self.backend.take(day, self.daily_budget)
-            if left is not None:
-                self._note_remaining(day, left)
-                return day
-            self._note_remaining(day, 0)
-            reset = next_utc_midnight(self._utcnow())
-            if deadline is None or reset > deadline:
-                raise BudgetExhausted(reset)
-            wait = (reset - self._utcnow()).total_seconds()
-            # Sleep in slices: a wall-clock jump or another process's refund may end it early.
-            await asyncio.sleep(max(0.0, min(wait, self._reset_poll_s)))
+            now = self._clock()
+            if self._blocked_until > now:
+                await self._wait_for_quota(self._blocked_until - now)
+                continue
+            day, reset = self.days.key(now), self.days.reset_at(now)
+            decision = await self.backend.take(
+                day, partial(decide, budget=self.budget, now=now, reset_at=reset, paced=paced)
+            )
+            self._observe(now, day, decision.state)
+            if decision.granted:
+                return
+            if not decision.exhausted:
+                await asyncio.sleep(min(decision.wait_s, self._poll_s))
+            elif not self.wait_for_quota:
+                raise BudgetExhausted(datetime.fromtimestamp(reset, UTC))
+            else:
+                await self._wait_for_quota(decision.wait_s)
+
+    async def _wait_for_quota(self, wait_s: float) -> None:
+        # In slices: another process's state, or a wall-clock jump, may end the wait early.
+        self.waiting += 1
+        QUOTA_WAITING.set(1)
+        try:
+            await asyncio.sleep(max(0.0, min(wait_s, self._poll_s)))
+        finally:
+            self.waiting -= 1
+            self._observe(self._clock())
 
     # -- one request attempt -----------------------------------------------------------------
 
     @asynccontextmanager
-    async def request(self, *, wait_until: datetime | None = None) -> AsyncIterator[None]:
-        """Hold a place for one request attempt.
-
-        When the daily budget is spent this waits for the reset if it comes before
-        ``wait_until`` (UTC), and raises :class:`BudgetExhausted` otherwise (``None``: fail fast).
-        """
-        day = await self._take_budget(wait_until)
-        sent = False
-        try:
-            async with self._slots:
-                await self._bucket.take()
-                sent = True
-                self.attempts += 1
-                self.in_flight += 1
-                self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
-                try:
-                    yield
-                finally:
-                    self.in_flight -= 1
-        finally:
-            if not sent:  # cancelled while queued: the attempt never reached Metrica
-                await self.backend.give_back(day)
-                self._note_remaining(day, self._remaining + 1)
+    async def request(self, *, paced: bool = False) -> AsyncIterator[None]:
+        """Hold a place for one request attempt: waits for the budget (and the pace when
+        ``paced``), a parallel slot and the per-second cap, then counts the attempt."""
+        await self._admit(paced)
+        async with self._slots:
+            await self._bucket.take()
+            self.attempts += 1
+            self.in_flight += 1
+            self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
 
 
 _SHARED: dict[str, QuotaGovernor] = {}
@@ -240,9 +302,11 @@ def shared_governor(
     max_parallel: int = 3,
     requests_per_second: float = 5.0,
     daily_budget: int = 5_000,
-    backend: BudgetBackend | None = None,
+    reserve: float = 0.1,
+    quota_day_s: int = 86_400,
 ) -> QuotaGovernor:
-    """The process's one governor for this token (keyed by a hash: the token is never stored)."""
+    """The process's one governor for this token (keyed by a hash: the token is never stored),
+    for command-line tools: they fail at once when the budget is spent instead of waiting."""
     key = hashlib.sha256(token.encode("utf-8")).hexdigest()
     governor = _SHARED.get(key)
     if governor is None:
@@ -250,6 +314,8 @@ def shared_governor(
             max_parallel=max_parallel,
             requests_per_second=requests_per_second,
             daily_budget=daily_budget,
-            backend=backend,
+            reserve=reserve,
+            quota_day_s=quota_day_s,
+            wait_for_quota=False,
         )
     return governor

@@ -1,8 +1,9 @@
 """HTTP layer of the sandbox (starlette): Metrica paths, inspection and fault control.
 
-Every Metrica request goes through the same gate, in this order: authentication (401/403),
-counter (404), quota bursts and quotas (429), injected latency, injected errors (5xx), the
-handler, and for writes ``apply_then_fail_rate``. Nothing before the handler touches data.
+Every Metrica request goes through the same gate, in this order: the body size
+(``max_request_bytes``: 413, as a fronting proxy answers, so no quota is spent), authentication
+(401/403), counter (404), quota bursts and quotas (429), injected latency, injected errors (5xx),
+the handler, and for writes ``apply_then_fail_rate``. Nothing before the handler touches data.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from metrica_bridge.logs import get_logger
@@ -31,17 +32,34 @@ Handler = Callable[[Request, int], Awaitable[tuple[dict[str, Any], Any]]]
 log = get_logger("metrica_bridge.sandbox")
 
 
-def _error(exc: ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+def _error(exc: ApiError, locations: bool = True) -> JSONResponse:
+    return JSONResponse(exc.body(locations), status_code=exc.status)
+
+
+async def _too_large(request: Request, limit: int | None) -> bool:
+    """Decided as a proxy would: from Content-Length when sent, else from the body read. A
+    refused body is still drained, so the client gets to read the 413."""
+    if limit is None:
+        return False
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isascii() and declared.isdigit():
+        if int(declared) <= limit:
+            return False
+        async for _chunk in request.stream():
+            pass
+        return True
+    return len(await request.body()) > limit
 
 
 def create_app(sandbox: Sandbox, log_requests: bool = False) -> Starlette:
     store, quotas, faults = sandbox.store, sandbox.quotas, sandbox.faults
 
-    def metrica(handler: Handler, writes: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def metrica(
+        handler: Handler, writes: bool = False, for_upload: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             started = time.perf_counter()
-            response = await _gate(request, handler, writes)
+            response = await _gate(request, handler, writes, for_upload)
             if log_requests:
                 log.info(
                     "metrica request",
@@ -54,20 +72,24 @@ def create_app(sandbox: Sandbox, log_requests: bool = False) -> Starlette:
 
         return endpoint
 
-    async def _gate(request: Request, handler: Handler, writes: bool) -> Response:
+    async def _gate(request: Request, handler: Handler, writes: bool, for_upload: bool) -> Response:
+        if await _too_large(request, faults.settings.max_request_bytes):
+            return HTMLResponse(_TOO_LARGE, status_code=413)
+        locations = not for_upload or faults.settings.error_locations
         try:
             token = sandbox.authenticate(request.headers.get("authorization"))
             counter_id = sandbox.counter_id(request.path_params["counter_id"])
             store.counter(counter_id)
             burst = faults.take_quota_burst()
             if burst is not None:
+                quotas.note_refused(burst)
                 raise ApiError.of(burst, "quota exceeded (injected)")
             client_ip = request.client.host if request.client else "unknown"
             refused = quotas.admit(token, counter_id, client_ip)
             if refused is not None:
-                raise ApiError.of(refused, _QUOTA_MESSAGES[refused])
+                raise ApiError.of(refused, quotas.message(refused))
         except ApiError as exc:
-            return _error(exc)
+            return _error(exc, locations)
         try:
             if faults.latency_s > 0:
                 await asyncio.sleep(faults.latency_s)
@@ -83,7 +105,7 @@ def create_app(sandbox: Sandbox, log_requests: bool = False) -> Starlette:
                     raise server_error(status, "the backend failed to answer (injected)")
             return JSONResponse(payload)
         except ApiError as exc:
-            return _error(exc)
+            return _error(exc, locations)
         finally:
             quotas.release(token)
 
@@ -98,6 +120,7 @@ def create_app(sandbox: Sandbox, log_requests: bool = False) -> Starlette:
                 request.query_params.get("merge_mode"),
                 raw,
                 request.headers.get("content-type"),
+                faults.settings.max_request_rows,
             )
             return {"uploading": upload.uploading()}, upload
 
@@ -175,7 +198,7 @@ def create_app(sandbox: Sandbox, log_requests: bool = False) -> Starlette:
         return JSONResponse({"ok": True, "counters": store.counter_ids})
 
     async def stats(_request: Request) -> Response:
-        return JSONResponse({"requests_today_by_counter": quotas.used_today()})
+        return JSONResponse(quotas.stats())
 
     async def not_found(_request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -186,9 +209,15 @@ def create_app(sandbox: Sandbox, log_requests: bool = False) -> Starlette:
 
     routes = [
         Route(
-            CDP + "/data/contacts/json", metrica(upload_handler("contacts"), True), methods=["POST"]
+            CDP + "/data/contacts/json",
+            metrica(upload_handler("contacts"), writes=True, for_upload=True),
+            methods=["POST"],
         ),
-        Route(CDP + "/data/orders/json", metrica(upload_handler("orders"), True), methods=["POST"]),
+        Route(
+            CDP + "/data/orders/json",
+            metrica(upload_handler("orders"), writes=True, for_upload=True),
+            methods=["POST"],
+        ),
         Route(CDP + "/schema/order_statuses", metrica(post_statuses, True), methods=["POST"]),
         Route(CDP + "/schema/order_statuses", metrica(get_statuses), methods=["GET"]),
         Route(CDP + "/last_uploadings", metrica(last_uploadings), methods=["GET"]),
@@ -205,12 +234,8 @@ def create_app(sandbox: Sandbox, log_requests: bool = False) -> Starlette:
     return Starlette(routes=routes, exception_handlers={HTTPException: not_found})
 
 
-_QUOTA_MESSAGES = {
-    "quota_parallel_requests": "too many parallel requests for this user",
-    "quota_requests_by_ip": "too many requests per second from this IP",
-    "quota_requests_by_uid": "daily request quota of this user is exhausted (reset 00:00 GMT)",
-    "quota_requests_by_counter_id": "daily request quota of this counter is exhausted (reset 00:00 GMT)",
-}
+# Not Metrica's JSON: the page a fronting proxy (nginx and the like) answers on its own.
+_TOO_LARGE = "<html><body><h1>413 Request Entity Too Large</h1></body></html>"
 _HTTP_ERRORS = {
     404: ("not_found", "no such endpoint in the sandbox"),
     405: ("not_acceptable", "method not allowed on this endpoint"),

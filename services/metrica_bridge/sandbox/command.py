@@ -12,6 +12,7 @@ import uvicorn
 from metrica_bridge import logs
 from metrica_bridge.sandbox.app import create_app
 from metrica_bridge.sandbox.core import Sandbox
+from metrica_bridge.sandbox.quotas import DAY_S, REQUESTS_PER_DAY
 
 DEFAULT_TOKEN = "sandbox-token"  # noqa: S105 - the emulator's own, documented default
 DEFAULT_COUNTER_ID = 12345678
@@ -33,6 +34,16 @@ def sandbox(
         Path | None, typer.Option(help="SQLite file keeping the data across restarts.")
     ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    requests_per_day: Annotated[
+        int, typer.Option(help="Requests per quota day, per token and per counter.")
+    ] = REQUESTS_PER_DAY,
+    quota_day_s: Annotated[
+        int,
+        typer.Option(
+            help="Length of a quota day in seconds; days are [k·N, (k+1)·N) of Unix time "
+            "(86400: reset at 00:00 GMT)."
+        ),
+    ] = DAY_S,
 ) -> None:
     """Run the local Metrica CDP emulator (inspection and faults under /_sandbox)."""
     try:
@@ -41,12 +52,23 @@ def sandbox(
         raise typer.BadParameter(
             f"unknown time zone {timezone!r}", param_hint="--timezone"
         ) from None
+    if requests_per_day < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--requests-per-day")
+    if quota_day_s < 1:
+        raise typer.BadParameter("must be at least 1 (second)", param_hint="--quota-day-s")
     tokens = token or [DEFAULT_TOKEN]
     counters = counter_id or [DEFAULT_COUNTER_ID]
     for value in tokens:
         logs.register_secret(value)
     logs.configure(log_level, "console")
-    core = Sandbox(tokens, counters, timezone, state)
+    core = Sandbox(
+        tokens,
+        counters,
+        timezone,
+        state,
+        requests_per_day=requests_per_day,
+        quota_day_s=quota_day_s,
+    )
     log = logs.get_logger("metrica_bridge.sandbox")
     log.info(
         "sandbox starting",
@@ -55,6 +77,8 @@ def sandbox(
         tokens=len(tokens),
         timezone=timezone,
         state=str(state) if state else "memory",
+        requests_per_day=requests_per_day,
+        quota_day_s=quota_day_s,
     )
     try:
         uvicorn.run(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from metrica_bridge.sandbox.errors import ApiError
-from metrica_bridge.sandbox.faults import Faults
+from metrica_bridge.sandbox.faults import Faults, FaultSettings
 from metrica_bridge.sandbox.persist import SqliteState
 from metrica_bridge.sandbox.quotas import QuotaLimits, Quotas
 from metrica_bridge.sandbox.store import Store
@@ -25,14 +26,23 @@ class Sandbox:
         state_path: str | Path | None = None,
         limits: QuotaLimits | None = None,
         max_rows: int = DEFAULT_MAX_ROWS,
+        requests_per_day: int | None = None,
+        quota_day_s: int | None = None,
     ) -> None:
+        """``requests_per_day`` and ``quota_day_s`` override ``limits`` (None keeps them);
+        all of these are the defaults ``POST /_sandbox/reset`` returns to."""
         self._tokens = tuple(t for t in tokens if t)
         if not self._tokens:
             raise ValueError("the sandbox needs at least one token")
+        limits = limits or QuotaLimits()
+        if requests_per_day is not None:
+            limits = replace(limits, daily=requests_per_day)
+        if quota_day_s is not None:
+            limits = replace(limits, day_s=quota_day_s)
         persist = SqliteState(state_path) if state_path is not None else None
-        self.store = Store(counter_ids, timezone, persist, max_rows)
+        self.store = Store(counter_ids, timezone, persist)
         self.quotas = Quotas(limits)
-        self.faults = Faults()
+        self.faults = Faults(FaultSettings(max_request_rows=max_rows))
 
     def authenticate(self, authorization: str | None) -> str:
         """The token of an ``Authorization: OAuth <token>`` header. Messages never quote it."""

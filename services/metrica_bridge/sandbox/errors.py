@@ -38,8 +38,11 @@ class ErrorItem:
     message: str
     location: str | None = None
 
-    def as_json(self) -> dict[str, Any]:
-        return {"error_type": self.error_type, "message": self.message, "location": self.location}
+    def as_json(self, location: bool = True) -> dict[str, Any]:
+        item: dict[str, Any] = {"error_type": self.error_type, "message": self.message}
+        if location:
+            item["location"] = self.location
+        return item
 
 
 class ApiError(Exception):
@@ -54,13 +57,14 @@ class ApiError(Exception):
     def of(cls, error_type: str, message: str, location: str | None = None) -> ApiError:
         return cls(STATUS_OF[error_type], [ErrorItem(error_type, message, location)])
 
-    def body(self) -> dict[str, Any]:
-        return error_body(self.status, self.errors)
+    def body(self, locations: bool = True) -> dict[str, Any]:
+        return error_body(self.status, self.errors, locations)
 
 
-def error_body(status: int, errors: list[ErrorItem]) -> dict[str, Any]:
+def error_body(status: int, errors: list[ErrorItem], locations: bool = True) -> dict[str, Any]:
+    """The §11 body; ``locations=False`` leaves ``location`` out of every item."""
     return {
-        "errors": [e.as_json() for e in errors],
+        "errors": [e.as_json(locations) for e in errors],
         "code": status,
         "message": errors[0].message if errors else "error",
     }

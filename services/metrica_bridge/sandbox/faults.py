@@ -1,9 +1,14 @@
 """Injected faults (``POST /_sandbox/faults``): errors, latency, outages, rejected tokens,
-bursts of quota answers, and uploads that are applied but answered with an error.
+bursts of quota answers, uploads that are applied but answered with an error, and the
+hypotheses the real API leaves open (request-size limits, error locations).
 
 Injected 5xx answers come before any data is touched, except ``apply_then_fail_rate``, which
 applies the upload and then answers ``error_status``: the unclear outcome a client must
 resolve without double-applying (metrica-api.md §16).
+
+Quota limits live in :class:`~.quotas.Quotas`, which enforces them; ``requests_per_day``
+(alias ``daily_quota``) and ``quota_day_s`` are set through here. Counts are kept per quota
+day index, so a new ``quota_day_s`` usually starts on a day with no usage.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from metrica_bridge.sandbox.errors import QUOTA_ERROR_TYPES, ApiError, ErrorItem
 from metrica_bridge.sandbox.quotas import Quotas
+from metrica_bridge.sandbox.validation import DEFAULT_MAX_ROWS
 
 REJECT_ERROR_TYPES = frozenset({"invalid_token", "access_denied"})
 
@@ -32,17 +38,28 @@ class FaultSettings:
     quota_burst_type: str = "quota_requests_by_ip"
     apply_then_fail_rate: float = 0.0
     seed: int | None = None
+    # Unconfirmed limits (metrica-api.md §6, §17): rows per upload → 400 too_much_rows;
+    # body bytes → 413 from a fronting proxy (None: no limit).
+    max_request_rows: int = DEFAULT_MAX_ROWS
+    max_request_bytes: int | None = None
+    # False: upload errors carry no ``location`` (in case the real API names no rows).
+    error_locations: bool = True
 
 
 class Faults:
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        defaults: FaultSettings | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._monotonic = monotonic
-        self.settings = FaultSettings()
-        self._rng = random.Random()
+        self.defaults = defaults or FaultSettings()
+        self.settings = replace(self.defaults)
+        self._rng = random.Random(self.settings.seed)
 
     def reset(self) -> None:
-        self.settings = FaultSettings()
-        self._rng = random.Random()
+        self.settings = replace(self.defaults)
+        self._rng = random.Random(self.settings.seed)
 
     # -- decisions, in the order a request meets them ----------------------------------------
 
@@ -116,6 +133,16 @@ def _status(v: Any) -> int:
     return v
 
 
+def _positive_int_or_null(v: Any) -> int | None:
+    return None if v is None else _positive_int(v)
+
+
+def _boolean(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
 def _token(v: Any) -> str | None:
     if v is not None and (not isinstance(v, str) or not v):
         raise ValueError("must be a non-empty string or null")
@@ -151,7 +178,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "error_status": _status,
     "latency_ms": _non_negative,
     "outage_seconds": _non_negative,
-    "daily_quota": _positive_int,
+    "requests_per_day": _positive_int,
+    "daily_quota": _positive_int,  # the older name of requests_per_day
+    "quota_day_s": _positive_int,
     "parallel_limit": _positive_int,
     "per_second_limit": _positive_int,
     "reject_token": _token,
@@ -159,6 +188,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "quota_burst": _burst,
     "apply_then_fail_rate": _rate,
     "seed": _seed,
+    "max_request_rows": _positive_int,
+    "max_request_bytes": _positive_int_or_null,
+    "error_locations": _boolean,
 }
 
 
@@ -177,14 +209,23 @@ def configure(faults: Faults, quotas: Quotas, body: Any) -> None:
             parsed[key] = parser(value)
         except ValueError as exc:
             errors.append(ErrorItem("invalid_parameter", f"{key} {exc}", key))
+    per_day = {parsed[k] for k in ("requests_per_day", "daily_quota") if k in parsed}
+    if len(per_day) > 1:
+        errors.append(
+            ErrorItem(
+                "invalid_parameter", "daily_quota and requests_per_day disagree", "daily_quota"
+            )
+        )
     if errors:
         raise ApiError(400, errors)
     s = faults.settings
     for key, value in parsed.items():
         if key == "outage_seconds":
             faults.start_outage(value)
-        elif key == "daily_quota":
+        elif key in ("requests_per_day", "daily_quota"):
             quotas.limits.daily = value
+        elif key == "quota_day_s":
+            quotas.limits.day_s = value
         elif key == "parallel_limit":
             quotas.limits.parallel = value
         elif key == "per_second_limit":
@@ -205,7 +246,9 @@ def describe(faults: Faults, quotas: Quotas) -> dict[str, Any]:
         "error_status": s.error_status,
         "latency_ms": s.latency_ms,
         "outage_seconds": round(faults.outage_left_s(), 3),
+        "requests_per_day": quotas.limits.daily,
         "daily_quota": quotas.limits.daily,
+        "quota_day_s": quotas.limits.day_s,
         "parallel_limit": quotas.limits.parallel,
         "per_second_limit": quotas.limits.per_second,
         "reject_token": "***" if s.reject_token is not None else None,
@@ -213,4 +256,7 @@ def describe(faults: Faults, quotas: Quotas) -> dict[str, Any]:
         "quota_burst": {"count": s.quota_burst_count, "error_type": s.quota_burst_type},
         "apply_then_fail_rate": s.apply_then_fail_rate,
         "seed": s.seed,
+        "max_request_rows": s.max_request_rows,
+        "max_request_bytes": s.max_request_bytes,
+        "error_locations": s.error_locations,
     }

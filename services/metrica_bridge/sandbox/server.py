@@ -34,8 +34,18 @@ class SandboxServer:
         state_path: str | Path | None = None,
         limits: QuotaLimits | None = None,
         log_requests: bool = False,
+        requests_per_day: int | None = None,
+        quota_day_s: int | None = None,
     ) -> None:
-        self.sandbox = Sandbox(tokens, counter_ids, timezone, state_path, limits)
+        self.sandbox = Sandbox(
+            tokens,
+            counter_ids,
+            timezone,
+            state_path,
+            limits,
+            requests_per_day=requests_per_day,
+            quota_day_s=quota_day_s,
+        )
         self._app = create_app(self.sandbox, log_requests=log_requests)
         self._host = host
         self._port = port
@@ -144,6 +154,11 @@ class SandboxServer:
 
     def faults(self) -> dict[str, Any]:
         state: dict[str, Any] = self._call("GET", "/_sandbox/faults")
+        return state
+
+    def stats(self) -> dict[str, Any]:
+        """Quota usage per quota day (see ``GET /_sandbox/stats``)."""
+        state: dict[str, Any] = self._call("GET", "/_sandbox/stats")
         return state
 
     def reset(self) -> None:

@@ -169,12 +169,10 @@ class Store:
         counter_ids: Iterable[int],
         timezone: str = "Europe/Moscow",
         persist: SqliteState | None = None,
-        max_rows: int = DEFAULT_MAX_ROWS,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.zone = ZoneInfo(timezone)
         self.timezone = timezone
-        self.max_rows = max_rows
         self._now = now
         self._persist = persist
         self._counters = {int(c): Counter(int(c)) for c in counter_ids}
@@ -240,10 +238,17 @@ class Store:
     # -- uploads ---------------------------------------------------------------------------
 
     def upload(
-        self, counter_id: int, endpoint: str, mode: str | None, raw: bytes, content_type: str | None
+        self,
+        counter_id: int,
+        endpoint: str,
+        mode: str | None,
+        raw: bytes,
+        content_type: str | None,
+        max_rows: int = DEFAULT_MAX_ROWS,
     ) -> Upload:
         """``POST …/data/{endpoint}/json?merge_mode=…``: applies the whole upload or raises
-        ApiError(400) having applied nothing; either way the upload is recorded."""
+        ApiError(400) having applied nothing; either way the upload is recorded. ``max_rows``
+        is a fault setting (``max_request_rows``), hence an argument."""
         c = self.counter(counter_id)
         try:
             checked_mode = merge_mode(mode)
@@ -251,8 +256,8 @@ class Store:
         except ApiError as exc:
             raise self._reject(c, endpoint, mode, 0, exc.errors) from None
         if endpoint == "contacts":
-            return self.upload_contacts(counter_id, checked_mode, body)
-        return self.upload_orders(counter_id, checked_mode, body)
+            return self.upload_contacts(counter_id, checked_mode, body, max_rows)
+        return self.upload_orders(counter_id, checked_mode, body, max_rows)
 
     def _reject(
         self, c: Counter, endpoint: str, mode: str | None, count: int, errors: list[ErrorItem]
@@ -266,10 +271,12 @@ class Store:
             self._persist.save(upload.as_record())
         return ApiError(400, errors)
 
-    def upload_contacts(self, counter_id: int, mode: str, body: Any) -> Upload:
+    def upload_contacts(
+        self, counter_id: int, mode: str, body: Any, max_rows: int = DEFAULT_MAX_ROWS
+    ) -> Upload:
         c = self.counter(counter_id)
         try:
-            rows, errors = validate_contacts(body, self.max_rows)
+            rows, errors = validate_contacts(body, max_rows)
         except ApiError as exc:
             raise self._reject(
                 c, "contacts", mode, _row_count(body, "contacts"), exc.errors
@@ -291,10 +298,12 @@ class Store:
             self._persist.save(upload.as_record(), contacts=[(counter_id, *x) for x in changed])
         return upload
 
-    def upload_orders(self, counter_id: int, mode: str, body: Any) -> Upload:
+    def upload_orders(
+        self, counter_id: int, mode: str, body: Any, max_rows: int = DEFAULT_MAX_ROWS
+    ) -> Upload:
         c = self.counter(counter_id)
         try:
-            rows, errors = validate_orders(body, self.max_rows)
+            rows, errors = validate_orders(body, max_rows)
         except ApiError as exc:
             raise self._reject(c, "orders", mode, _row_count(body, "orders"), exc.errors) from None
         errors.extend(self._reference_errors(c, rows, {e.location for e in errors}))

@@ -22,6 +22,8 @@ from metrica_bridge.sandbox.errors import ApiError, ErrorItem
 
 MERGE_MODES = frozenset({"SAVE", "UPDATE", "APPEND"})
 STATUS_TYPES = frozenset({"IN_PROGRESS", "PAID", "CANCELLED", "SPAM", "OTHER"})
+# Metrica documents no per-request limit for JSON (metrica-api.md §6): a hypothesis, settable
+# as the ``max_request_rows`` fault.
 DEFAULT_MAX_ROWS = 10_000
 
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2}:\d{2})?", re.ASCII)

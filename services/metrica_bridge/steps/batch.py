@@ -1,15 +1,24 @@
-"""The batcher: records for one endpoint are gathered and flushed on count, bytes or linger.
+"""The batcher: records for one endpoint are gathered and flushed on count, bytes or linger, at
+the pace of the daily budget.
 
 Linger is a deadline per *event*, not per batch: a record carries the time by which its event
 should be on its way (consumed-at + linger). A lead's order record, submitted only after its
 contact was acknowledged, is already due and leaves with the next flush instead of waiting a
-second linger. The daily-budget governor may stretch linger when requests run short.
+second linger.
 
 A due batch leaves at once only while no upload of its endpoint is in flight; otherwise it keeps
 filling until that upload returns (Nagle's rule). Under a backlog every record is overdue, and
 without this rule each would leave alone; with it, uploads grow to whatever accumulated during
-the previous round trip, up to ``max_records``. A full batch leaves while fewer than
+the previous round trip. A full batch (``max_records`` or ``max_bytes``) leaves while fewer than
 ``max_in_flight`` uploads of its endpoint are out.
+
+The pace of the daily budget (``pace_delay``, from the quota governor) is a ceiling, not a
+delay: a batch ready to leave is held while the pace says the next request is not due yet, and
+it keeps growing meanwhile. Once the pace has held an endpoint, its uploads are cut at the
+largest request Metrica accepts (:class:`RequestLimits`, lowered when Metrica refuses a request
+as too large) instead of ``max_records``/``max_bytes``, until its backlog is gone: the catch-up
+after a quota wait leaves in full batches. While the budget is ample the pace is never in the
+way and batches stay at ``max_records``.
 
 One id appears at most once per upload (Metrica applies same-id rows in random order): a contact
 submitted again while its previous version waits is replaced by the newer one (identities only
@@ -64,6 +73,22 @@ class Pending:
         return len(self.encoded) + 1  # and its comma
 
 
+@dataclass(slots=True)
+class RequestLimits:
+    """The largest request Metrica accepts: undocumented for JSON uploads (metrica-api.md §6,
+    docs/decisions.md), so configured, and lowered for the rest of the process's life when
+    Metrica refuses a request as too large."""
+
+    records: int
+    bytes: int
+
+    def learn_too_large(self, records: int, size: int) -> None:
+        """A request of ``records`` records and ``size`` bytes was refused as too large."""
+        if records > 1:
+            self.records = max(1, min(self.records, records // 2))
+        self.bytes = max(1, min(self.bytes, size // 2))
+
+
 SendFn = Callable[["Endpoint", list[Pending]], Coroutine[Any, Any, None]]
 """Sends one batch and sets the ``result`` of every Pending it was given."""
 
@@ -85,7 +110,8 @@ class Batcher:
         max_records: int,
         max_bytes: int,
         linger_s: float,
-        linger_factor: Callable[[], float] = lambda: 1.0,
+        limits: RequestLimits | None = None,
+        pace_delay: Callable[[], float] = lambda: 0.0,
         max_in_flight: int = 2,
     ) -> None:
         self._send = send
@@ -93,7 +119,8 @@ class Batcher:
         self._max_records = max_records
         self._max_bytes = max_bytes
         self._linger_s = linger_s
-        self._linger_factor = linger_factor
+        self.limits = limits or RequestLimits(max_records, max_bytes)
+        self._pace_delay = pace_delay
         self._open: dict[Endpoint, dict[str, Pending]] = {e: {} for e in Endpoint}
         self._bytes: dict[Endpoint, int] = dict.fromkeys(Endpoint, 0)
         self._earliest: dict[Endpoint, float] = dict.fromkeys(Endpoint, float("inf"))
@@ -103,11 +130,14 @@ class Batcher:
         self._in_flight: dict[Endpoint, int] = dict.fromkeys(Endpoint, 0)
         self._max_in_flight = max_in_flight
         self._flush_now = False
+        # Held by the pace since the endpoint last caught up: cut at the request limits, not
+        # at max_records, until the backlog is gone.
+        self._pressed: dict[Endpoint, bool] = dict.fromkeys(Endpoint, False)
         self._tasks = [asyncio.create_task(self._run(e), name=f"batcher:{e}") for e in Endpoint]
 
     def deadline(self, consumed_at: float | None = None) -> float:
         start = time.monotonic() if consumed_at is None else consumed_at
-        return start + self._linger_s * self._linger_factor()
+        return start + self._linger_s
 
     def submit(
         self,
@@ -172,31 +202,35 @@ class Batcher:
                 continue
             full = len(batch) >= self._max_records or self._bytes[endpoint] >= self._max_bytes
             in_flight = self._in_flight[endpoint]
-            if full and in_flight < self._max_in_flight:
-                self._cut(endpoint)
-                continue
             delay = self._earliest[endpoint] - time.monotonic()
-            if (delay <= 0 or self._flush_now) and in_flight == 0:
-                self._cut(endpoint)
-                continue
+            due = (delay <= 0 or self._flush_now) and in_flight == 0
+            timeout: float | None = delay if delay > 0 and in_flight == 0 else None
+            if (full and in_flight < self._max_in_flight) or due:
+                hold = 0.0 if self._flush_now else self._pace_delay()
+                if hold <= 0:
+                    self._cut(endpoint)
+                    continue
+                self._pressed[endpoint] = True
+                timeout = hold  # the batch grows while the pace holds it
             wake.clear()  # woken by a new record or a finished upload
-            timeout = delay if delay > 0 and in_flight == 0 else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=timeout)
 
     def _cut(self, endpoint: Endpoint) -> None:
         batch = self._open[endpoint]
+        most, largest = self.limits.records, self.limits.bytes
+        if not self._pressed[endpoint]:
+            most, largest = min(most, self._max_records), min(largest, self._max_bytes)
         records: list[Pending] = []
         size = 0
         for record_id in list(batch):
             pending = batch[record_id]
-            if records and (
-                len(records) >= self._max_records or size + pending.size > self._max_bytes
-            ):
+            if records and (len(records) >= most or size + pending.size > largest):
                 break
             records.append(batch.pop(record_id))
             size += pending.size
         self._bytes[endpoint] -= size
+        self._pressed[endpoint] = self._pressed[endpoint] and bool(batch)
         self._earliest[endpoint] = min((p.deadline for p in batch.values()), default=float("inf"))
         overflow, self._overflow[endpoint] = self._overflow[endpoint], []
         for pending in overflow:

@@ -14,11 +14,15 @@ event finds its outcome in the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
+
+QuotaState = tuple[int, float]
+"""One quota day's requests counted and when its next paced request is due (Unix seconds)."""
+QuotaChange = Callable[[int, float], QuotaState | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +212,16 @@ class Store(Protocol):
 
     def parked_count(self) -> int: ...
 
-    # shared daily Metrica budget (several processes, one counter)
-    def take_quota(self, day: str, limit: int, n: int = 1) -> bool:
-        """Atomically count ``n`` requests against ``day`` (YYYY-MM-DD, GMT) if under ``limit``."""
+    # shared daily Metrica budget and its pace (several processes, one counter)
+    def update_quota(self, day: str, change: QuotaChange) -> QuotaState:
+        """In one transaction: read the quota day's ``(used, next_at)`` (``(0, 0.0)`` when new),
+        call ``change`` with it, and store what it returns (``None``: store nothing). Returns
+        the state stored. ``change`` must be quick and must not touch the store."""
         ...
 
-    def quota_used(self, day: str) -> int: ...
+    def quota_state(self, day: str) -> QuotaState:
+        """The quota day's ``(used, next_at)``; ``(0, 0.0)`` when nothing was counted yet."""
+        ...
 
     # upload intents (crash recovery of uploads whose answer was never read)
     def begin_upload(self, intent: UploadIntent, event_ids: Sequence[str]) -> None:

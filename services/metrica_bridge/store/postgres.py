@@ -27,6 +27,8 @@ from metrica_bridge.store.base import (
     LedgerEntry,
     OrderState,
     ParkedEvent,
+    QuotaChange,
+    QuotaState,
     StoreError,
     UploadIntent,
 )
@@ -372,24 +374,29 @@ class PostgresStore:
 
     # quota
 
-    def take_quota(self, day: str, limit: int, n: int = 1) -> bool:
-        if n < 0:
-            raise ValueError("n must not be negative")
-        if n > limit:
-            return False
-        with self._conn("take_quota") as conn:
+    def update_quota(self, day: str, change: QuotaChange) -> QuotaState:
+        with self._conn("update_quota") as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO quota (day, used, next_at) VALUES (%s, 0, 0) ON CONFLICT DO NOTHING",
+                (day,),
+            )
+            # The row lock serialises every process's decision for this quota day.
             row = conn.execute(
-                "INSERT INTO quota AS q (day, used) VALUES (%s, %s)"
-                " ON CONFLICT (day) DO UPDATE SET used = q.used + EXCLUDED.used"
-                " WHERE q.used + EXCLUDED.used <= %s RETURNING used",
-                (day, n, limit),
+                "SELECT used, next_at FROM quota WHERE day = %s FOR UPDATE", (day,)
             ).fetchone()
-        return row is not None
+            state: QuotaState = (0, 0.0) if row is None else (int(row[0]), float(row[1]))
+            new = change(*state)
+            if new is None:
+                return state
+            conn.execute(
+                "UPDATE quota SET used = %s, next_at = %s WHERE day = %s", (new[0], new[1], day)
+            )
+            return new
 
-    def quota_used(self, day: str) -> int:
-        with self._conn("quota_used") as conn:
-            row = conn.execute("SELECT used FROM quota WHERE day = %s", (day,)).fetchone()
-        return 0 if row is None else int(row[0])
+    def quota_state(self, day: str) -> QuotaState:
+        with self._conn("quota_state") as conn:
+            row = conn.execute("SELECT used, next_at FROM quota WHERE day = %s", (day,)).fetchone()
+        return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
 
     # the unit of work
 

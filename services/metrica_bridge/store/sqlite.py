@@ -26,6 +26,8 @@ from metrica_bridge.store.base import (
     LedgerEntry,
     OrderState,
     ParkedEvent,
+    QuotaChange,
+    QuotaState,
     StoreError,
     UploadIntent,
 )
@@ -457,23 +459,24 @@ class SqliteStore:
 
     # quota
 
-    def take_quota(self, day: str, limit: int, n: int = 1) -> bool:
-        if n < 0:
-            raise ValueError("n must not be negative")
-        if n > limit:
-            return False
-        with self._write("take_quota") as conn:
-            cur = conn.execute(
-                "INSERT INTO quota (day, used) VALUES (?, ?) ON CONFLICT (day) DO UPDATE"
-                " SET used = used + excluded.used WHERE used + excluded.used <= ?",
-                (day, n, limit),
+    def update_quota(self, day: str, change: QuotaChange) -> QuotaState:
+        with self._write("update_quota") as conn:
+            row = conn.execute("SELECT used, next_at FROM quota WHERE day = ?", (day,)).fetchone()
+            state: QuotaState = (0, 0.0) if row is None else (int(row[0]), float(row[1]))
+            new = change(*state)
+            if new is None:
+                return state
+            conn.execute(
+                "INSERT INTO quota (day, used, next_at) VALUES (?, ?, ?) ON CONFLICT (day)"
+                " DO UPDATE SET used = excluded.used, next_at = excluded.next_at",
+                (day, new[0], new[1]),
             )
-            return cur.rowcount == 1
+            return new
 
-    def quota_used(self, day: str) -> int:
-        with self._read("quota_used") as conn:
-            row = conn.execute("SELECT used FROM quota WHERE day = ?", (day,)).fetchone()
-            return 0 if row is None else int(row[0])
+    def quota_state(self, day: str) -> QuotaState:
+        with self._read("quota_state") as conn:
+            row = conn.execute("SELECT used, next_at FROM quota WHERE day = ?", (day,)).fetchone()
+            return (0, 0.0) if row is None else (int(row[0]), float(row[1]))
 
     # the unit of work
 
