@@ -52,3 +52,12 @@ def test_missing_token_and_a_broken_status_map_fail(
     assert result.exit_code == 1
     assert "METRICA_TOKEN" in result.output
     assert "statuses.new" in result.output
+
+
+def test_an_unknown_phone_region_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METRICA_COUNTER_ID", "42")
+    monkeypatch.setenv("METRICA_TOKEN", "secret-token-value")
+    monkeypatch.setenv("PHONE_DEFAULT_REGION", "Russia")
+    result = CliRunner().invoke(app, ["check"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "not a region code" in result.output

@@ -103,6 +103,26 @@ def test_unusable_identifiers_are_dropped_and_counted() -> None:
     assert event.dropped_identifiers == 4
 
 
+def test_a_non_latin_email_costs_that_email_only() -> None:
+    """Metrica takes Latin emails only: a Cyrillic address in the contact would have it refused
+    whole, ClientIDs included, and every order of the client with it."""
+    event = parse_event(
+        LEAD,
+        _lead(
+            client={
+                "uniq_id": "C-43",
+                "phones": ["80291234567"],  # Belarusian national format, region RU: not a phone
+                "emails": ["иван@почта.рф", "Ivan@Почта.рф"],
+            },
+        ),
+    )
+    assert isinstance(event, LeadCreated)
+    assert event.client.emails == ("ivan@xn--80a1acny.xn--p1ai",)
+    assert event.client.phones == ()
+    assert event.client.dropped_identifiers == 2
+    assert event.client_ids  # the ClientID, and with it the attribution, stays
+
+
 @pytest.mark.parametrize("blank", [None, "", "   "])
 def test_a_missing_client_id_is_not_a_dropped_one(blank: str | None) -> None:
     event = parse_event(LEAD, _lead(metrica_client_id=blank))

@@ -48,19 +48,35 @@ def test_russian_mobile_in_any_notation(raw: str) -> None:
         ("+44 20 7946 0958", "442079460958"),
         ("+375 (29) 123-45-67", "375291234567"),
         ("8 800 555-35-35", "78005553535"),  # domestic toll-free
-        ("+8 999 555 11 11", "89995551111"),  # as written: a + means the code is given
         ("+86 138 0013 8000", "8613800138000"),
-        ("+1 650 253 0000 0000", "165025300000000"),  # 15 digits, the E.164 maximum
+        ("+7 999 555-11-11 доб. 123", "79995551111"),  # the extension is not the phone
+        ("+1 650 253 0000 ext. 7", "16502530000"),
+        ("+７ ９９９ ５５５ １１ １１", "79995551111"),  # full-width digits are still digits
     ],
 )
 def test_international_numbers(raw: str, expected: str) -> None:
     assert normalize.phone(raw) == expected
 
 
-def test_other_default_country_code() -> None:
-    assert normalize.phone("(650) 253-0000", default_country_code="1") == "16502530000"
-    # The 8 → 7 trunk rule is Russian only.
-    assert normalize.phone("89995551111", default_country_code="1") == "89995551111"
+def test_national_numbers_are_read_in_the_default_region() -> None:
+    assert normalize.phone("(650) 253-0000", region="US") == "16502530000"
+    # Belarus writes national numbers with a trunk 8 too: never a Russian 7 in front.
+    assert normalize.phone("80291234567") is None
+    assert normalize.phone("80291234567", region="BY") == "375291234567"
+    assert normalize.phone("8 029 123-45-67", region="by") == "375291234567"
+    # An explicit country code wins over the region.
+    assert normalize.phone("+7 999 555 11 11", region="BY") == "79995551111"
+
+
+def test_the_default_region_is_set_once_and_checked() -> None:
+    try:
+        normalize.set_default_region("BY")
+        assert normalize.phone("80291234567") == "375291234567"
+    finally:
+        normalize.set_default_region(normalize.DEFAULT_REGION)
+    assert normalize.phone("80291234567") is None
+    with pytest.raises(ValueError, match="not a region code"):
+        normalize.set_default_region("XX")
 
 
 @pytest.mark.parametrize(
@@ -74,10 +90,11 @@ def test_other_default_country_code() -> None:
         "555-11-11",  # no area code
         "8 999 555 11",  # a digit group lost
         "+1 650 253 000",  # 10 digits after an explicit +: too short for any country
+        "+1 650 253 0000 0000",  # too long for the US
+        "+8 999 555 11 11",  # there is no country code 8
+        "+7 029 123 45 67",  # not a Russian number range
         "+1 650 253 0000 00000",  # 16 digits
         "1" * 40,
-        "+７ ９９９ ５５５ １１ １１",  # full-width digits are not what Metrica matches
-        "٧٩٩٩٥٥٥١١١١",  # Arabic-Indic digits
         "\ufeff+1 650 253 000",  # the BOM must not hide the explicit +
     ],
 )
@@ -124,6 +141,24 @@ def test_email_in_any_case_and_padding(raw: str) -> None:
     ],
 )
 def test_invalid_emails(raw: str) -> None:
+    assert normalize.email(raw) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Ivan@Почта.рф", "ivan@xn--80a1acny.xn--p1ai"),  # IDNA: the ASCII form of the domain
+        ("info@пример.испытание", "info@xn--e1afmkfd.xn--80akhbyknj4f"),
+        ("mail@Bücher.de", "mail@xn--bcher-kva.de"),
+    ],
+)
+def test_internationalised_domains_become_ascii(raw: str, expected: str) -> None:
+    assert normalize.email(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["иван@mail.ru", "jörg@example.com", "почта@почта.рф"])
+def test_a_local_part_that_is_not_ascii_is_not_an_email(raw: str) -> None:
+    # Metrica takes Latin emails only (metrica-api.md §5): dropped, the rest of the contact kept.
     assert normalize.email(raw) is None
 
 

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from metrica_bridge import normalize
 from metrica_bridge.codec import Codec, DecodeError
 from metrica_bridge.config import ConfigError, Settings, load_settings
 from metrica_bridge.events import (
@@ -136,6 +137,7 @@ def check(
     def load() -> str:
         nonlocal settings
         settings = load_settings(config)
+        normalize.set_default_region(settings.phone_default_region)
         return "environment" + (f" + {config}" if config else "")
 
     row("configuration", load)

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from metrica_bridge import normalize
 from metrica_bridge.events import EventKind
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +67,8 @@ class Settings(BaseModel):
     # Tuning knobs of our own (documented in the README's configuration table).
     create_topics: bool = True
     hash_identifiers: bool = False
+    # The region national phone numbers are written in (ISO 3166 alpha-2), for phonenumbers.
+    phone_default_region: str = "RU"
     worker_concurrency: int = Field(default=10_000, ge=1)
     max_in_flight_events: int = Field(default=10_000, ge=1)
     batch_max_records: int = Field(default=1_000, ge=1)
@@ -94,6 +97,11 @@ class Settings(BaseModel):
     @classmethod
     def _no_direct_props(cls, value: Any) -> Any:
         return value or {}
+
+    @field_validator("phone_default_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        return normalize.check_region(value)
 
     @model_validator(mode="after")
     def _read_token_file(self) -> Settings:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from metrica_bridge import runtime
+from metrica_bridge import normalize, runtime
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import ConfigError, Settings
 from metrica_bridge.engine.align import Alignment
@@ -79,6 +79,7 @@ class Service:
     # -- run ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, health_port: int | None = None) -> None:
         s = self.settings
+        normalize.set_default_region(s.phone_default_region)  # before any event is parsed
         topics = [s.topics()[kind] for kind in self.kinds]
         health = HealthServer(
             s.metrics_port if health_port is None else health_port,
