@@ -3,8 +3,10 @@ would be rendered for Metrica (a dry run: nothing is sent, nothing is written)."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +27,14 @@ from metrica_bridge.events import (
     LeadCreated,
     PaymentReceived,
     parse_event,
+)
+from metrica_bridge.metrica.client import MetricaClient
+from metrica_bridge.metrica.errors import MetricaError
+from metrica_bridge.metrica.retry import RetryPolicy
+from metrica_bridge.metrica.schema_sync import (
+    StatusDiff,
+    compare_order_statuses,
+    status_map_problem,
 )
 from metrica_bridge.metrica.status_map import StatusMap, StatusMapError, load_status_map
 from metrica_bridge.steps import enrich
@@ -87,7 +97,9 @@ def render(
             event.consent,
         )
         out["contact"] = enrich.contact_record(identity, hash_identifiers).render(zone)
-        verdict = mapping.on_lead(None, event, statuses, now) if event.deal_id else None
+        verdict: mapping.Verdict | None = (
+            mapping.on_lead(None, event, statuses, now) if event.deal_id else None
+        )
     elif isinstance(event, DealStatusChanged):
         verdict = mapping.on_status(None, event, statuses, now)
     else:
@@ -98,6 +110,8 @@ def render(
             out["outside_binding_window"] = list(verdict.windows)
     elif isinstance(verdict, mapping.Skip):
         out["skipped"] = verdict.reason
+    elif isinstance(verdict, (mapping.Wait, mapping.Invalid)):
+        out["waits" if isinstance(verdict, mapping.Wait) else "invalid"] = verdict.reason
     return out
 
 
@@ -115,8 +129,16 @@ def check(
             help="Print phones and emails in the rendered records (they are masked otherwise)."
         ),
     ] = False,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Do not ask Metrica for the counter's time zone and order statuses.",
+        ),
+    ] = False,
 ) -> None:
-    """Validate configuration and the status map; dry-run the rendering of records."""
+    """Validate configuration and the status map, compare them with the counter in Metrica
+    (time zone, order statuses; reads only), and dry-run the rendering of records."""
     console = Console()
     table = Table("check", "result", "detail")
     failed = False
@@ -164,21 +186,18 @@ def check(
             else ""
         ),
     )
-    zone_name = s.metrica_timezone or DEFAULT_ZONE
-    zone = ZoneInfo(zone_name)
-    row(
-        "time zone",
-        lambda: (
-            f"{ZoneInfo(zone_name).key}"
-            + (
-                ""
-                if s.metrica_timezone
-                else " (assumed: the service reads the counter's zone from Metrica)"
-            )
-        ),
-    )
     statuses = row("status map", lambda: _describe(load_status_map(s.status_map_file)))
     status_map = load_status_map(s.status_map_file) if statuses is not None else None
+    counter = _ask_counter(s, status_map, offline)
+    row("time zone", lambda: _zone_row(s, counter))
+    if counter.zone_warning:
+        table.add_row("", "[yellow]warn[/yellow]", counter.zone_warning)
+    if counter.diffs is None and counter.statuses_error is None:
+        skipped = counter.skipped or "not compared: the status map is invalid"
+        table.add_row("order statuses", "[yellow]skipped[/yellow]", skipped)
+    else:
+        row("order statuses", lambda: _statuses_row(counter))
+    zone = ZoneInfo(counter.render_zone)
     codec_detail = row("Avro schemas", lambda: _schemas(s))
     console.print(table)
     if status_map is None or codec_detail is None:
@@ -198,6 +217,94 @@ def check(
         console.print_json(text if show_identifiers else _mask(rendered))
     if failed:
         raise typer.Exit(1)
+
+
+CHECK_RETRY = RetryPolicy(max_attempts=2, budget_s=10.0)  # an operator waits at a terminal
+CHECK_TIMEOUT_S = 10.0
+
+
+@dataclass
+class CounterFacts:
+    """What Metrica said about the counter (reads only), or why it could not be asked."""
+
+    zone: str | None = None
+    diffs: list[StatusDiff] | None = None
+    zone_error: str | None = None
+    statuses_error: str | None = None
+    zone_warning: str | None = None
+    skipped: str | None = None
+    render_zone: str = DEFAULT_ZONE  # the zone the examples below are rendered in
+
+
+def _ask_counter(settings: Settings, status_map: StatusMap | None, offline: bool) -> CounterFacts:
+    """``GET /management/v1/counter/{id}`` and ``GET /schema/order_statuses`` (two requests,
+    a short retry): what the service compares at start-up before it consumes anything."""
+    if offline:
+        return CounterFacts(skipped="not compared with the counter (--offline)")
+    try:
+        settings.require_metrica()
+    except ConfigError:
+        return CounterFacts(skipped="not compared with the counter (no counter or token)")
+    facts = CounterFacts()
+    where = f"Metrica at {settings.metrica_api_url} (--offline checks the files only)"
+
+    async def ask() -> None:
+        client = MetricaClient.from_settings(
+            settings.model_copy(
+                update={"metrica_timeout_s": min(settings.metrica_timeout_s, CHECK_TIMEOUT_S)}
+            ),
+            retry=CHECK_RETRY,
+        )
+        async with client:
+            try:
+                facts.zone = await client.counter_timezone()
+            except MetricaError as exc:
+                facts.zone_error = f"cannot read the counter's time zone: {exc}; {where}"
+            if status_map is None:
+                return
+            try:
+                facts.diffs = await compare_order_statuses(client, status_map)
+            except MetricaError as exc:
+                facts.statuses_error = f"cannot read the counter's order statuses: {exc}; {where}"
+
+    asyncio.run(ask())
+    return facts
+
+
+def _zone_row(settings: Settings, counter: CounterFacts) -> str:
+    """Which zone the service would send dates in, as it decides at start-up; a ConfigError
+    where it would refuse to start (or the counter could not be asked)."""
+    configured = settings.configured_timezone()
+    if configured is not None:
+        counter.render_zone = configured
+    if counter.zone is None:
+        if counter.zone_error is not None:
+            raise ConfigError(counter.zone_error)
+        if configured is not None:
+            return f"{configured} (METRICA_TIMEZONE; {counter.skipped})"
+        return f"{DEFAULT_ZONE} (assumed; the service reads the counter's zone: {counter.skipped})"
+    counter.render_zone = counter.zone
+    zone = settings.timezone_for(counter.zone)  # TimezoneMismatch: the service would refuse
+    counter.render_zone = zone
+    if zone != counter.zone:
+        counter.zone_warning = (
+            f"METRICA_TIMEZONE_OVERRIDE: dates go out in {zone}, the counter's zone is "
+            f"{counter.zone}; Metrica reads them as {counter.zone} local time"
+        )
+        return f"{zone} (METRICA_TIMEZONE, overriding the counter's {counter.zone})"
+    return f"{zone} (the counter's" + (", as METRICA_TIMEZONE)" if configured else ")")
+
+
+def _statuses_row(counter: CounterFacts) -> str:
+    if counter.statuses_error is not None:
+        raise ConfigError(counter.statuses_error)
+    diffs = counter.diffs or []
+    problem = status_map_problem(diffs)
+    if problem is not None:
+        raise ConfigError(problem)
+    extra = sum(1 for d in diffs if d.state == "extra")
+    agree = f"the counter knows every status of the map ({len(diffs) - extra}"
+    return agree + (f"; {extra} more in the counter, not in the map)" if extra else ")")
 
 
 def _store(url: str) -> str:

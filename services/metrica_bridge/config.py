@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -26,6 +27,21 @@ _NOT_LIBRDKAFKA = {"KAFKA_BOOTSTRAP_SERVERS"}
 
 class ConfigError(ValueError):
     """Configuration that cannot work; the message names the variable, never a secret."""
+
+
+class TimezoneMismatch(ConfigError):
+    """``METRICA_TIMEZONE`` names another zone than the counter's, without the override."""
+
+    def __init__(self, configured: str, counter_zone: str, counter_id: int | None) -> None:
+        self.configured = configured
+        self.counter_zone = counter_zone
+        counter = f"counter {counter_id}" if counter_id is not None else "the counter"
+        super().__init__(
+            f"METRICA_TIMEZONE={configured} differs from the time zone of {counter} in Metrica "
+            f"({counter_zone}): every date sent would be shifted, for good. Unset "
+            f"METRICA_TIMEZONE to use {counter_zone}, or set METRICA_TIMEZONE_OVERRIDE=true to "
+            f"send dates in {configured} anyway"
+        )
 
 
 def librdkafka_overrides(environ: Mapping[str, str]) -> dict[str, str]:
@@ -49,7 +65,13 @@ class Settings(BaseModel):
     metrica_counter_id: int | None = None
     metrica_token: SecretStr | None = None
     metrica_token_file: Path | None = None
+    # Optional override of the counter's own zone (DESIGN.md §6); see timezone_for().
     metrica_timezone: str | None = None
+    # Allows a METRICA_TIMEZONE that differs from the counter's zone (dates shifted on purpose).
+    metrica_timezone_override: bool = False
+    # Push the status map to /schema/order_statuses at start-up instead of waiting for
+    # `metrica-bridge schema-sync` (docs/decisions.md, issue 15 item 8).
+    metrica_schema_sync_on_start: bool = False
 
     store_url: str = "sqlite:///metrica-bridge.db"
     status_map_file: Path | None = None
@@ -88,6 +110,9 @@ class Settings(BaseModel):
     retry_budget_s: float = Field(default=300.0, ge=0)
     retry_max_attempts: int = Field(default=12, ge=1)
     park_max_wait_s: float = Field(default=3_600.0, ge=0)
+    # How long a payment waits for its deal's creation time before the order is created at the
+    # payment's time (create_date_time never changes in Metrica: rather late than wrong).
+    creation_max_wait_s: float = Field(default=86_400.0, ge=0)
     align_max_wait_s: float = Field(default=30.0, ge=0)
     commit_interval_ms: int = Field(default=1_000, ge=10)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
@@ -97,6 +122,11 @@ class Settings(BaseModel):
     @classmethod
     def _no_direct_props(cls, value: Any) -> Any:
         return value or {}
+
+    @field_validator("metrica_timezone", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("phone_default_region")
     @classmethod
@@ -134,6 +164,38 @@ class Settings(BaseModel):
     def kafka_common(self) -> dict[str, str]:
         """Properties applied to every consumer and producer the service creates."""
         return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_properties}
+
+    def configured_timezone(self) -> str | None:
+        """``METRICA_TIMEZONE`` checked (an IANA name), or None when unset."""
+        if self.metrica_timezone is None:
+            if self.metrica_timezone_override:
+                raise ConfigError(
+                    "METRICA_TIMEZONE_OVERRIDE is set but METRICA_TIMEZONE is not: "
+                    "unset METRICA_TIMEZONE_OVERRIDE (the counter's zone is used)"
+                )
+            return None
+        name = self.metrica_timezone.strip()
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"METRICA_TIMEZONE {name!r} is not an IANA time zone (e.g. Europe/Moscow); "
+                "leave it unset to use the counter's own zone"
+            ) from None
+        return name
+
+    def timezone_for(self, counter_zone: str) -> str:
+        """The zone dates are rendered in, given the counter's ``time_zone_name``.
+
+        Unset ``METRICA_TIMEZONE``: the counter's. Set to the same name: that zone. Set to
+        another name: a :class:`TimezoneMismatch`, unless ``METRICA_TIMEZONE_OVERRIDE`` is
+        true (then ``METRICA_TIMEZONE``; the caller warns). Zones compare by IANA name, so an
+        alias (``W-SU`` for ``Europe/Moscow``) counts as different: write the counter's name.
+        """
+        configured = self.configured_timezone()
+        if configured is None or configured == counter_zone or self.metrica_timezone_override:
+            return configured or counter_zone
+        raise TimezoneMismatch(configured, counter_zone, self.metrica_counter_id)
 
     def require_metrica(self) -> tuple[int, SecretStr]:
         if self.metrica_counter_id is None:

@@ -60,6 +60,12 @@ def _currency(value: str | None) -> str:
     return code
 
 
+def _named_currency(value: str | None) -> str | None:
+    """A status event's currency when it names one. Absent is not "RUB": applied as if it were
+    news, a default would reset an order in another currency (issue 15)."""
+    return None if value is None or not str(value).strip() else _currency(value)
+
+
 class Client(_Model):
     uniq_id: NonEmpty
     name: str | None = None
@@ -163,12 +169,12 @@ class DealStatusChanged(_Event):
     status: NonEmpty
     revenue: Money | None = None
     cost: Money | None = None
-    currency: str = "RUB"
+    currency: str | None = None  # None: the event does not name one (the order keeps its own)
     products: tuple[Product, ...] = ()
     version: int | None = None
 
     _check_created = field_validator("deal_created_at")(_utc)
-    _check_currency = field_validator("currency", mode="before")(_currency)
+    _check_currency = field_validator("currency", mode="before")(_named_currency)
 
     @property
     def key(self) -> str:

@@ -150,6 +150,14 @@ ORDERS_OUTSIDE_WINDOW = Counter(
     ["window"],
     registry=REGISTRY,
 )
+ORDER_RULES = Counter(
+    PREFIX + "order_rules_total",
+    "Orders decided by a documented rule rather than by CRM data: created_at_from_payment (the"
+    " deal's creation time never came), currency_ignored (a status named another currency"
+    " without an amount in it).",
+    ["rule"],
+    registry=REGISTRY,
+)
 SETUP_ERROR = Gauge(
     PREFIX + "setup_error",
     "1 while sending is stopped for a setup problem: Metrica refuses the token or counter"

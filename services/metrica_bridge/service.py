@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from metrica_bridge import normalize, runtime
 from metrica_bridge.codec import Codec
-from metrica_bridge.config import ConfigError, Settings
+from metrica_bridge.config import ConfigError, Settings, TimezoneMismatch
 from metrica_bridge.engine.align import Alignment
 from metrica_bridge.engine.parking import ParkSweeper
 from metrica_bridge.engine.pipeline import CLAIM_LEASE_S, LEASE_RENEW_S, Batching, Pipeline
@@ -25,9 +25,15 @@ from metrica_bridge.kafka.producer import Producer
 from metrica_bridge.kafka.settings import for_consumer
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.client import MetricaClient
-from metrica_bridge.metrica.errors import RetryExhausted, SetupError
+from metrica_bridge.metrica.errors import MetricaError, RetryExhausted, SetupError
 from metrica_bridge.metrica.quota import QuotaGovernor
-from metrica_bridge.metrica.status_map import load_status_map
+from metrica_bridge.metrica.schema_sync import (
+    compare_order_statuses,
+    start_up_mismatches,
+    status_map_problem,
+    sync_order_statuses,
+)
+from metrica_bridge.metrica.status_map import StatusMap, load_status_map
 from metrica_bridge.metrics import SETUP_ERROR
 from metrica_bridge.steps.batch import RequestLimits
 from metrica_bridge.steps.dlq import DeadLetters, dlq_topic
@@ -40,7 +46,8 @@ from metrica_bridge.store.budget import StoreBudget
 log = get_logger("metrica_bridge.service")
 
 DEFAULT_PARTITIONS = 6
-SETUP_RETRY_S = 30.0
+SETUP_RETRY_S = 30.0  # first re-check of a start-up setup problem; doubles up to the max
+SETUP_RETRY_MAX_S = 900.0  # as the sender's probes: a day of waiting costs ~100 requests
 TRANSIENT_RETRY_S = 2.0  # after a counter lookup that ran out of retries
 TRIM_INTERVAL_S = 1.0  # freed heap memory goes back to the OS this often (runtime.trim_malloc)
 
@@ -89,6 +96,7 @@ class Service:
         )
         health.start()
         try:
+            s.configured_timezone()  # a METRICA_TIMEZONE that is no zone stops here, first
             self.store = await asyncio.to_thread(open_store, s.store_url)
             codec = Codec.from_dir(s.schemas_dir, s.schema_registry_url)
             statuses = load_status_map(s.status_map_file)
@@ -105,8 +113,16 @@ class Service:
             )
             await governor.refresh()
             client = MetricaClient.from_settings(s, governor=governor)
-            timezone = await self._counter_timezone(client, stop)
-            if timezone is None:
+            try:
+                timezone = await self._counter_timezone(client, stop)
+                if timezone is not None and not await self._status_map_agrees(
+                    client, statuses, stop
+                ):
+                    timezone = None
+            except BaseException:
+                await client.aclose()
+                raise
+            if timezone is None:  # stopped before the start-up checks passed
                 await client.aclose()
                 return
             producer = Producer.from_settings(s)
@@ -150,7 +166,12 @@ class Service:
                 )
             for runner in self.runners.values():
                 await runner.start()
-            sweeper = ParkSweeper(pipeline, list(self.runners), max_wait_s=s.park_max_wait_s)
+            sweeper = ParkSweeper(
+                pipeline,
+                list(self.runners),
+                max_wait_s=s.park_max_wait_s,
+                creation_max_wait_s=s.creation_max_wait_s,
+            )
             background = [
                 asyncio.create_task(sweeper.run(), name="park-sweeper"),
                 asyncio.create_task(self._housekeeping(client, pipeline), name="housekeeping"),
@@ -176,19 +197,24 @@ class Service:
                 self.store.close()
 
     async def _counter_timezone(self, client: MetricaClient, stop: asyncio.Event) -> str | None:
-        """The counter's time zone (None: stopped first). While Metrica refuses the token or
-        the counter, stay up, not ready, with ``setup_error`` at 1, so the alert fires and the
-        reason is on ``/readyz`` instead of a crash loop; ask again every ``SETUP_RETRY_S``."""
+        """The zone dates are rendered in (None: stopped first): the counter's own
+        ``time_zone_name``, always asked of Metrica and checked against ``METRICA_TIMEZONE``
+        (:meth:`Settings.timezone_for`: another zone raises :class:`TimezoneMismatch`, a
+        configuration error that stops the process, unless ``METRICA_TIMEZONE_OVERRIDE``).
+        While Metrica refuses the token or the counter, stay up, not ready, with
+        ``setup_error`` at 1, so the alert fires and the reason is on ``/readyz`` instead of a
+        crash loop; ask again after ``SETUP_RETRY_S``, doubling up to ``SETUP_RETRY_MAX_S``."""
+        retry_s = SETUP_RETRY_S
         while True:
             try:
-                timezone = await client.counter_timezone()
+                counter_zone = await client.counter_timezone()
             except SetupError as exc:
-                wait_s = SETUP_RETRY_S
+                wait_s, retry_s = retry_s, min(retry_s * 2, SETUP_RETRY_MAX_S)
                 self._on_setup_error(str(exc))
                 log.error(
                     "Metrica refuses the token or counter; consumers not started",
                     error=str(exc),
-                    retry_in_s=SETUP_RETRY_S,
+                    retry_in_s=wait_s,
                 )
             except RetryExhausted as exc:
                 # Throttled or down past the retry budget: transient, not a setup problem, and
@@ -197,10 +223,82 @@ class Service:
                 wait_s = TRANSIENT_RETRY_S
             else:
                 self._on_setup_error(None)
-                return timezone
+                return self._chosen_timezone(counter_zone)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait_s)
                 return None
+
+    def _chosen_timezone(self, counter_zone: str) -> str:
+        s = self.settings
+        try:
+            zone = s.timezone_for(counter_zone)
+        except TimezoneMismatch as exc:
+            log.error(
+                "METRICA_TIMEZONE differs from the counter's time zone; refusing to start",
+                timezone=exc.configured,
+                counter_timezone=exc.counter_zone,
+                error=str(exc),
+            )
+            raise
+        if zone != counter_zone:
+            log.warning(
+                "METRICA_TIMEZONE_OVERRIDE: dates are sent in METRICA_TIMEZONE, not in the "
+                "counter's time zone; Metrica reads them as the counter's local time",
+                timezone=zone,
+                counter_timezone=counter_zone,
+            )
+        return zone
+
+    async def _status_map_agrees(
+        self, client: MetricaClient, statuses: StatusMap, stop: asyncio.Event
+    ) -> bool:
+        """Wait until the counter's ``/schema/order_statuses`` holds every status of the map
+        (False: stopped first). With ``METRICA_SCHEMA_SYNC_ON_START`` push the map first (as
+        ``metrica-bridge schema-sync``: only what differs, then read back). Until they agree:
+        alive, not ready, ``setup_error`` 1, consumers not started (nothing consumed, nothing
+        sent), the reason and the command to run on ``/readyz`` and in the log; compare again
+        after ``SETUP_RETRY_S``, doubling up to ``SETUP_RETRY_MAX_S``."""
+        push = self.settings.metrica_schema_sync_on_start
+        retry_s = SETUP_RETRY_S
+        while True:
+            try:
+                if push:
+                    report = await sync_order_statuses(client, statuses)
+                    diffs, pushed = report.final, report.posted
+                    if pushed:
+                        log.info(
+                            "status map pushed to the counter (METRICA_SCHEMA_SYNC_ON_START)",
+                            statuses=len(statuses.metrica_statuses()),
+                            in_sync=not start_up_mismatches(diffs),
+                        )
+                else:
+                    diffs, pushed = await compare_order_statuses(client, statuses), False
+            except SetupError as exc:
+                problem: str | None = str(exc)
+                event = "Metrica refuses the token or counter; consumers not started"
+            except RetryExhausted as exc:
+                log.warning("order statuses lookup failed; retrying", error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), TRANSIENT_RETRY_S)
+                    return False
+                continue
+            except MetricaError as exc:
+                problem = f"order statuses: {type(exc).__name__}: {exc}"
+                event = "Metrica refused the order statuses request; consumers not started"
+            else:
+                problem = status_map_problem(diffs, pushed=pushed)
+                event = (
+                    "status map differs from the counter's order statuses; consumers not started"
+                )
+            if problem is None:
+                self._on_setup_error(None)
+                return True
+            wait_s, retry_s = retry_s, min(retry_s * 2, SETUP_RETRY_MAX_S)
+            self._on_setup_error(problem)
+            log.error(event, error=problem, status_map=statuses.source, retry_in_s=wait_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait_s)
+                return False
 
     async def _housekeeping(self, client: MetricaClient, pipeline: Pipeline) -> None:
         """Lease heartbeat, quota gauge, ledger retention."""

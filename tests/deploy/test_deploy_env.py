@@ -173,6 +173,28 @@ def test_no_deploy_file_overrides_the_counter_time_zone() -> None:
         assert not _SETS_TIMEZONE.search(text), path.relative_to(DEPLOY)
 
 
+_SETS_OVERRIDE = re.compile(
+    r"\bMETRICA_TIMEZONE_OVERRIDE\s*[=:]|name:\s*[\"']?METRICA_TIMEZONE_OVERRIDE\b"
+)
+
+
+def test_no_deploy_file_allows_a_time_zone_other_than_the_counter_s() -> None:
+    """METRICA_TIMEZONE_OVERRIDE lets a zone that differs from the counter's through (issue 15,
+    item 1): a decision for one operator to make by hand, never a default of the deploy files.
+    Comments may name it."""
+    for source, env in _sources().items():
+        assert "METRICA_TIMEZONE_OVERRIDE" not in env, source
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        assert not [line for line in code if _SETS_OVERRIDE.search(line)], path
+
+
 def test_the_timezone_check_can_fail() -> None:
     for line in (
         "METRICA_TIMEZONE=Europe/Moscow",
@@ -181,6 +203,8 @@ def test_the_timezone_check_can_fail() -> None:
     ):
         assert _SETS_TIMEZONE.search(line), line
     assert not _SETS_TIMEZONE.search("# METRICA_TIMEZONE is deliberately not set")
+    for line in ("METRICA_TIMEZONE_OVERRIDE=true", '  METRICA_TIMEZONE_OVERRIDE: "true"'):
+        assert _SETS_OVERRIDE.search(line), line
 
 
 def _sandbox_quota_day_s() -> int:

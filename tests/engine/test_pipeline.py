@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import PROJECT_ROOT
+from metrica_bridge.engine.parking import ParkSweeper
 from metrica_bridge.engine.pipeline import Batching, Pipeline, _Round
 from metrica_bridge.engine.work import Work
 from metrica_bridge.events import EventKind
@@ -28,6 +29,7 @@ from metrica_bridge.kafka.admin import ensure_topics
 from metrica_bridge.kafka.producer import Producer
 from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrica.status_map import parse_status_map
+from metrica_bridge.metrics import REGISTRY
 from metrica_bridge.sandbox import SandboxServer
 from metrica_bridge.steps.dlq import DeadLetters, SourceRecord
 from metrica_bridge.steps.parse import parse
@@ -139,7 +141,14 @@ def _status(n: int, deal: str, status: str, version: int, *, client: str = "C1")
     return CODEC.encode(crm.DEAL, record)
 
 
-def _payment(n: int, deal: str, *, client: str = "C1") -> bytes:
+def _payment(
+    n: int,
+    deal: str,
+    *,
+    client: str = "C1",
+    currency: str = "RUB",
+    created: datetime | None = None,
+) -> bytes:
     record = {
         "event_id": f"payment-{n}",
         "occurred_at": T0 + timedelta(minutes=30),
@@ -147,8 +156,8 @@ def _payment(n: int, deal: str, *, client: str = "C1") -> bytes:
         "deal_id": deal,
         "client_uniq_id": client,
         "amount": Decimal("500.00"),
-        "currency": "RUB",
-        "deal_created_at": None,
+        "currency": currency,
+        "deal_created_at": created,
     }
     return CODEC.encode(PAYMENT, record)
 
@@ -256,3 +265,105 @@ async def test_replay_of_an_event_parked_here_and_finished_elsewhere(
     assert engine.ledger()["status-7"][0] == "delivered"
     [order] = sandbox.orders(COUNTER)
     assert order["order_status"] == "won"
+
+
+async def _ends(engine: Engine, event_id: str, outcome: str, within_s: float = 30) -> None:
+    """Released events complete no offset (theirs committed when they parked): watch the ledger."""
+    deadline = time.monotonic() + within_s
+    while (engine.ledger().get(event_id) or ("",))[0] != outcome:
+        assert time.monotonic() < deadline, engine.ledger().get(event_id)
+        await asyncio.sleep(0.05)
+
+
+def _metrica_time(engine: Engine, at: datetime) -> str:
+    return at.astimezone(engine.pipeline.zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def test_a_payment_waits_in_the_park_for_the_deals_creation_time(
+    engine: Engine, sandbox: SandboxServer
+) -> None:
+    """Issue 15, item 2: the payment's time is never the order's permanent creation time while
+    the deal's own may still come."""
+    sweeper = ParkSweeper(engine.pipeline, engine.topics.values(), max_wait_s=600)
+    engine.feed("lead-created", "L1", _lead(1, None))  # the client is known; the deal is not
+    engine.feed("payment-received", "D1", _payment(1, "D1"))
+    await engine.settle(2)
+    with sqlite3.connect(engine.db) as conn:
+        parked = conn.execute("SELECT event_id, waits_for FROM parked").fetchall()
+    assert parked == [("payment-1", "creation")]
+    assert sandbox.orders(COUNTER) == []
+    assert await sweeper.sweep() == 0  # nothing it waits for has come
+    engine.feed("deal-status-changed", "D1", _status(1, "D1", "qualified", 1))
+    await engine.settle(3)
+    # The status parks behind the deal's parked payment, to keep the deal's order; it waits for
+    # nothing else and leaves at the next sweep, then the payment it brought the time for.
+    assert await sweeper.sweep() == 1
+    await _ends(engine, "status-1", "delivered")
+    assert await sweeper.sweep() == 1
+    await _ends(engine, "payment-1", "delivered")
+    [order] = sandbox.orders(COUNTER)
+    assert order["create_date_time"] == _metrica_time(engine, T0 - timedelta(minutes=5))
+    paid = engine.pipeline.statuses.paid.id
+    assert [h["order_status"] for h in order["history"]] == ["qualified", paid]
+    assert order["revenue"] == 500
+
+
+async def test_a_payment_that_waited_its_whole_time_creates_the_order_by_rule(
+    engine: Engine, sandbox: SandboxServer
+) -> None:
+    before = REGISTRY.get_sample_value(
+        "metrica_bridge_order_rules_total", {"rule": "created_at_from_payment"}
+    )
+    sweeper = ParkSweeper(
+        engine.pipeline, engine.topics.values(), max_wait_s=600, creation_max_wait_s=0
+    )
+    engine.feed("lead-created", "L1", _lead(1, None))
+    engine.feed("payment-received", "D1", _payment(1, "D1"))
+    await engine.settle(2)
+    assert await sweeper.sweep() == 1
+    await _ends(engine, "payment-1", "delivered")
+    [order] = sandbox.orders(COUNTER)
+    assert order["create_date_time"] == _metrica_time(engine, T0 + timedelta(minutes=30))
+    after = REGISTRY.get_sample_value(
+        "metrica_bridge_order_rules_total", {"rule": "created_at_from_payment"}
+    )
+    assert (after or 0) - (before or 0) == 1
+
+
+async def test_a_payment_in_another_currency_is_dead_lettered_alone(
+    engine: Engine, sandbox: SandboxServer, bootstrap: str
+) -> None:
+    created = T0 - timedelta(minutes=5)
+    engine.feed("lead-created", "L1", _lead(1, None))
+    engine.feed("payment-received", "D1", _payment(1, "D1", created=created))
+    await engine.settle(2)
+    engine.feed("payment-received", "D1", _payment(2, "D1", currency="USD", created=created))
+    engine.feed("payment-received", "D1", _payment(3, "D1", created=created))
+    await engine.settle(4)
+    ledger = engine.ledger()
+    assert ledger["payment-2"][:2] == ("dead_lettered", "invalid_event")
+    assert ledger["payment-3"][0] == "delivered"  # the one behind it went on
+    [order] = sandbox.orders(COUNTER)
+    assert (order["revenue"], order["currency"]) == (1000, "RUB")
+    [dead] = consume_all(bootstrap, f"{engine.topics['payment-received']}.dlq", 1)
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert headers["dlq.error.class"] == "invalid_event"
+    assert headers["dlq.error.message"] == "payment in USD for an order in RUB"
+
+
+async def test_a_deal_moved_to_another_client_is_relinked_after_its_contact(
+    engine: Engine, sandbox: SandboxServer
+) -> None:
+    engine.feed("lead-created", "L1", _lead(1, "D1"))
+    engine.feed("lead-created", "L2", _lead(2, None, client="C2"))
+    await engine.settle(2)
+    before = len(sandbox.uploads(COUNTER))
+    engine.feed("deal-status-changed", "D1", _status(1, "D1", "new", 1, client="C2"))
+    await engine.settle(3)
+    assert engine.ledger()["status-1"][0] == "delivered"
+    [order] = sandbox.orders(COUNTER)
+    assert order["client_uniq_id"] == "C2"
+    assert {c["uniq_id"] for c in sandbox.contacts(COUNTER)} == {"C1", "C2"}
+    # The new client's contact was in Metrica before the order named it.
+    later = [u["endpoint"] for u in sandbox.uploads(COUNTER)[before:]]
+    assert later[-1] == "orders"

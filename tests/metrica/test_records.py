@@ -46,7 +46,7 @@ def test_order_renders_metrica_json_in_counter_zone() -> None:
     assert json.loads(dumps({"orders": [rendered]}))["orders"][0] == rendered
 
 
-def test_contact_renders_only_what_is_known() -> None:
+def test_contact_renders_what_is_known_and_states_every_personal_list() -> None:
     contact = ContactRecord(
         uniq_id="c1",
         create_date_time=datetime(2025, 1, 1, 0, 0, tzinfo=timezone(timedelta(hours=5))),
@@ -58,6 +58,10 @@ def test_contact_renders_only_what_is_known() -> None:
         "create_date_time": "2024-12-31 22:00:00",
         "client_ids": ["1712345678901234567"],
         "phones": ["79995551111"],
+        # Stated empty, so UPDATE empties what Metrica may hold (issue 15, item 7).
+        "emails": [],
+        "emails_md5": [],
+        "phones_md5": [],
     }
 
 

@@ -17,6 +17,7 @@ from metrica_bridge.kafka.producer import Producer
 from metrica_bridge.logs import register_secret
 from metrica_bridge.sandbox import SandboxServer
 from tests.ops.support import Scrape, get, scrape
+from tests.support import crm
 from tests.support.kafka import TopicFactory
 from tests.support.stack import COUNTER, STATUS_MAP, TOKEN, ServiceProcess, service_env, wait_until
 
@@ -81,6 +82,7 @@ def _metrics(port: int) -> Scrape:
 @pytest.fixture
 def sandbox() -> Any:
     with SandboxServer(tokens=[TOKEN], counter_ids=[COUNTER], port=0) as server:
+        crm.push_status_map(server.url)  # schema-sync first: the service waits for it
         yield server
 
 

@@ -14,6 +14,7 @@ from metrica_bridge.sandbox import QuotaLimits, SandboxServer
 TOKEN = "t0k-secret-value"
 COUNTER = 42
 OTHER_COUNTER = 43
+COUNTER_GOALS = ("good_lead", "g1", "g2", "g3")
 
 # metrica-api.md §18, examples A, B (§6) and C, as printed there.
 EXAMPLE_A: dict[str, Any] = {
@@ -96,8 +97,13 @@ def error_of(response: httpx.Response) -> tuple[int, str, str | None]:
 def server() -> Iterator[SandboxServer]:
     # Generous quotas so ordinary tests never meet them; quota tests set their own.
     limits = QuotaLimits(parallel=3, per_second=10_000, daily=1_000_000)
+    # The counters' JavaScript-event goals: example B's order names good_lead (an order's goals
+    # must be goals of the counter, metrica-api.md §7); the merge-mode tests use g1-g3.
     with SandboxServer(
-        tokens=[TOKEN, "second-token"], counter_ids=[COUNTER, OTHER_COUNTER], limits=limits
+        tokens=[TOKEN, "second-token"],
+        counter_ids=[COUNTER, OTHER_COUNTER],
+        limits=limits,
+        goals=COUNTER_GOALS,
     ) as sb:
         yield sb
 

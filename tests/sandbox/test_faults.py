@@ -136,6 +136,7 @@ def test_faults_merge_and_report_the_full_state(sb: SandboxServer) -> None:
         "max_request_rows": 10_000,
         "max_request_bytes": None,
         "error_locations": True,
+        "invalid_as_200": False,
     }
     sb.reset()
     assert sb.faults()["error_rate"] == 0.0

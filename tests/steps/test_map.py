@@ -32,18 +32,27 @@ def status(at: datetime, code: str, version: int | None = None, **kw: Any) -> De
     )
 
 
-def payment(at: datetime, pid: str, amount: str) -> PaymentReceived:
+def payment(
+    at: datetime,
+    pid: str,
+    amount: str,
+    created: datetime | None = CREATED,
+    currency: str = "RUB",
+    client: str = "C1",
+) -> PaymentReceived:
     return PaymentReceived(
         event_id=f"p-{pid}",
         occurred_at=at,
         payment_id=pid,
         deal_id="D1",
-        client_uniq_id="C1",
+        client_uniq_id=client,
         amount=Decimal(amount),
+        currency=currency,
+        deal_created_at=created,
     )
 
 
-def applied(verdict: mapping.Send | mapping.Skip) -> OrderState:
+def applied(verdict: mapping.Verdict) -> OrderState:
     assert isinstance(verdict, mapping.Send), verdict
     return verdict.state
 
@@ -176,3 +185,101 @@ def test_binding_windows_are_flagged() -> None:
     update = mapping.on_status(ancient, status(NOW, "won"), STATUSES, NOW)
     assert isinstance(update, mapping.Send)
     assert update.windows == ("update_111d",)
+
+
+# -- issue 15: creation time, re-linking, currency -----------------------------------------------
+
+
+def test_a_payment_before_the_deals_creation_time_waits_instead_of_guessing() -> None:
+    early = payment(NOW, "P1", "10", created=None)
+    assert isinstance(mapping.on_payment(None, early, STATUSES, NOW), mapping.Wait)
+    # Once a status (or lead) brought the creation time, the payment adds to that order.
+    order = applied(mapping.on_status(None, status(NOW - timedelta(hours=1), "won"), STATUSES, NOW))
+    counted = mapping.on_payment(order, early, STATUSES, NOW)
+    assert isinstance(counted, mapping.Send)
+    assert counted.record.create_date_time == CREATED
+    assert counted.rules == ()
+
+
+def test_after_its_whole_wait_a_payment_creates_the_order_by_rule() -> None:
+    early = payment(NOW, "P1", "10", created=None)
+    verdict = mapping.on_payment(None, early, STATUSES, NOW, creation_waited=True)
+    assert isinstance(verdict, mapping.Send)
+    assert verdict.record.create_date_time == NOW
+    assert verdict.rules == ("created_at_from_payment",)
+    # The creation time came after all, just as the wait ended: the known time wins.
+    order = OrderState("D1", "C1", created_at=CREATED)
+    known = mapping.on_payment(order, early, STATUSES, NOW, creation_waited=True)
+    assert isinstance(known, mapping.Send)
+    assert (known.record.create_date_time, known.rules) == (CREATED, ())
+
+
+def test_a_deal_moved_to_another_client_is_relinked() -> None:
+    first = applied(mapping.on_status(None, status(NOW, "qualified", 1), STATUSES, NOW))
+    moved = status(NOW + timedelta(minutes=1), "qualified", 2).model_copy(
+        update={"client_uniq_id": "C2"}
+    )
+    # Same status, revenue and currency: only the client changed, and that is news to Metrica.
+    verdict = mapping.on_status(first, moved, STATUSES, NOW)
+    assert isinstance(verdict, mapping.Send)
+    assert verdict.record.client_uniq_id == "C2"
+    assert verdict.state.client_uniq_id == "C2"
+    # A later payment naming the new client keeps it; a stale event naming the old one does not
+    # take the order back.
+    paid = mapping.on_payment(
+        verdict.state, payment(NOW + timedelta(minutes=2), "P1", "5", client="C2"), STATUSES, NOW
+    )
+    assert isinstance(paid, mapping.Send)
+    assert paid.record.client_uniq_id == "C2"
+    old = status(NOW, "won", 1, revenue=Decimal(7))
+    restated = mapping.on_status(paid.state, old, STATUSES, NOW)
+    assert isinstance(restated, mapping.Send)
+    assert restated.record.client_uniq_id == "C2"
+
+
+def test_a_status_without_a_currency_keeps_the_orders() -> None:
+    usd = applied(
+        mapping.on_status(None, status(NOW, "qualified", 1, currency="USD"), STATUSES, NOW)
+    )
+    assert usd.currency == "USD"
+    later = mapping.on_status(usd, status(NOW + timedelta(minutes=1), "won", 2), STATUSES, NOW)
+    assert isinstance(later, mapping.Send)
+    assert later.record.currency == "USD"
+    # No currency anywhere: an amount without a currency is in rubles (DESIGN.md §2).
+    plain = mapping.on_status(None, status(NOW, "won", 1, revenue=Decimal(3)), STATUSES, NOW)
+    assert isinstance(plain, mapping.Send)
+    assert plain.record.currency == "RUB"
+
+
+def test_a_currency_changes_only_with_an_amount_in_it() -> None:
+    rub = applied(
+        mapping.on_status(None, status(NOW, "won", 1, revenue=Decimal(90)), STATUSES, NOW)
+    )
+    # Named without an amount: the order's amount is in rubles, so the rubles stay (by rule).
+    named = status(NOW + timedelta(minutes=1), "won", 2, currency="EUR")
+    kept = mapping.on_status(rub, named, STATUSES, NOW)
+    assert isinstance(kept, mapping.Skip)  # nothing changed for Metrica
+    assert kept.state is not None
+    assert kept.state.currency == "RUB"
+    cost = status(NOW + timedelta(minutes=1), "won", 2, currency="EUR", cost=Decimal(1))
+    ruled = mapping.on_status(rub, cost, STATUSES, NOW)
+    assert isinstance(ruled, mapping.Send)
+    assert (ruled.record.currency, ruled.rules) == ("RUB", ("currency_ignored",))
+    # With the amount in it, the CRM restated the deal: the new currency is the order's.
+    restated = status(NOW + timedelta(minutes=2), "won", 3, currency="EUR", revenue=Decimal(1))
+    moved = mapping.on_status(rub, restated, STATUSES, NOW)
+    assert isinstance(moved, mapping.Send)
+    assert (moved.record.currency, moved.record.revenue) == ("EUR", Decimal(1))
+
+
+def test_a_payment_in_another_currency_is_invalid_and_never_added_up() -> None:
+    first = applied(mapping.on_payment(None, payment(NOW, "P1", "100"), STATUSES, NOW))
+    other = payment(NOW + timedelta(minutes=1), "P2", "50", currency="USD")
+    verdict = mapping.on_payment(first, other, STATUSES, NOW)
+    assert isinstance(verdict, mapping.Invalid)
+    assert verdict.reason == "payment in USD for an order in RUB"
+    # The currency a status named first is the order's too.
+    eur = applied(mapping.on_status(None, status(NOW, "won", 1, currency="EUR"), STATUSES, NOW))
+    assert isinstance(
+        mapping.on_payment(eur, payment(NOW, "P9", "1"), STATUSES, NOW), mapping.Invalid
+    )

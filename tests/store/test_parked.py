@@ -4,6 +4,7 @@ import dataclasses
 from datetime import timedelta
 
 from metrica_bridge.store import Changes, IdentityUpdate, Store
+from metrica_bridge.store.base import WAITS_CREATION, OrderState
 from tests.store.builders import T0, parked, run_together
 from tests.store.conftest import StoreFactory
 
@@ -133,3 +134,44 @@ def test_concurrent_takers_never_share_an_event(make_store: StoreFactory) -> Non
     everything = [eid for mine in taken.values() for eid in mine]
     assert len(taken) == len(stores)
     assert sorted(everything) == [f"e{i:03d}" for i in range(150)]
+
+
+def test_a_payment_waiting_for_its_creation_time_moves_when_the_order_has_one(
+    store: Store,
+) -> None:
+    waiting = dataclasses.replace(parked("p1", "d1", "c1"), waits_for=WAITS_CREATION)
+    store.apply(Changes(park=[waiting]))
+    # The client has an identifier, but what the payment waits for is the deal's creation time.
+    store.merge_identities([IdentityUpdate("c1", client_ids=("1",))])
+    assert store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10) == []
+    store.apply(Changes(orders=[OrderState("d1", "c1")]))  # an order without one: still waits
+    assert store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10) == []
+    store.apply(Changes(orders=[OrderState("d1", "c1", created_at=T0)]))
+    assert store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10) == [waiting]
+
+
+def test_creation_waits_have_their_own_time(store: Store) -> None:
+    old = T0 - timedelta(hours=2)
+    waiting = dataclasses.replace(parked("p1", "d1", "c1", parked_at=old), waits_for=WAITS_CREATION)
+    store.apply(Changes(park=[waiting, parked("s1", "d2", "c2", parked_at=old)]))
+    store.merge_identities([IdentityUpdate("c1", client_ids=("1",))])  # c2 has none
+    hour_ago = T0 - timedelta(hours=1)
+    # Identity waits expired an hour ago; creation waits not for a day.
+    taken = store.take_ready_parked(TOPICS, "w", 60, hour_ago, 10, T0 - timedelta(days=1))
+    assert [e.event_id for e in taken] == ["s1"]
+    taken = store.take_ready_parked(TOPICS, "x", 60, LONG_AGO, 10, hour_ago)
+    assert [(e.event_id, e.waits_for) for e in taken] == [("p1", WAITS_CREATION)]
+
+
+def test_a_creation_wait_whose_client_has_no_identifier_ends_like_an_identity_wait(
+    store: Store,
+) -> None:
+    """Its client lost every identifier (consent withdrawn, no ClientID) while it waited: the
+    order's creation time alone does not make it ready (the engine would park it again at every
+    sweep); the identity wait's expiry ends it, as unattributable."""
+    old = T0 - timedelta(hours=2)
+    waiting = dataclasses.replace(parked("p1", "d1", "c1", parked_at=old), waits_for=WAITS_CREATION)
+    store.apply(Changes(park=[waiting], orders=[OrderState("d1", "c1", created_at=T0)]))
+    assert store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10, LONG_AGO) == []
+    taken = store.take_ready_parked(TOPICS, "w", 60, T0 - timedelta(hours=1), 10, LONG_AGO)
+    assert [e.event_id for e in taken] == ["p1"]

@@ -115,8 +115,9 @@ def send(
     producer.flush()
 
 
-def push_status_map(sandbox_url: str) -> None:
-    statuses = parse_status_map(yaml.safe_load(STATUS_MAP)).to_order_statuses()
+def push_status_map(sandbox_url: str, status_map: str = STATUS_MAP) -> None:
+    """What ``metrica-bridge schema-sync`` does: the map's statuses to the sandbox's counter."""
+    statuses = parse_status_map(yaml.safe_load(status_map)).to_order_statuses()
     response = httpx.post(
         f"{sandbox_url}/cdp/api/v1/counter/{COUNTER}/schema/order_statuses",
         json={"order_statuses": statuses},

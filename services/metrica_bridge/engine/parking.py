@@ -1,5 +1,7 @@
-"""The park sweeper: parked events move on when their client's identity arrives, or go to the
-DLQ as ``unattributable`` after the configured wait.
+"""The park sweeper: parked events move on when what they wait for arrives (their client's
+identity, or their deal's creation time), or after the configured wait: to the DLQ as
+``unattributable`` (no identity), or on to an order created at the payment's time (no creation
+time; counted as decided by rule).
 
 One mechanism for both: every few seconds each process leases the ready parked events of its own
 topics from the store (a lease, so two instances never take the same one) and hands them to the
@@ -17,7 +19,7 @@ from metrica_bridge.events import Event
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrics import EVENTS_RELEASED, PARKED
 from metrica_bridge.steps.parse import parse
-from metrica_bridge.store.base import Identity, ParkedEvent
+from metrica_bridge.store.base import WAITS_CREATION, Identity, ParkedEvent
 
 log = get_logger("metrica_bridge.engine.parking")
 
@@ -31,12 +33,16 @@ class ParkSweeper:
         topics: Collection[str],
         *,
         max_wait_s: float,
+        creation_max_wait_s: float | None = None,
         interval_s: float = 2.0,
         batch: int = 1_000,
     ) -> None:
         self._pipeline = pipeline
         self._topics = list(topics)
         self._max_wait = timedelta(seconds=max_wait_s)
+        self._creation_max_wait = timedelta(
+            seconds=max_wait_s if creation_max_wait_s is None else creation_max_wait_s
+        )
         self._interval_s = interval_s
         self._batch = batch
 
@@ -64,7 +70,9 @@ class ParkSweeper:
 
     async def sweep(self) -> int:
         store = self._pipeline.store
-        expired_before = datetime.now(UTC) - self._max_wait
+        now = datetime.now(UTC)
+        expired_before = now - self._max_wait
+        creation_expired_before = now - self._creation_max_wait
         taken = await asyncio.to_thread(
             store.take_ready_parked,
             self._topics,
@@ -72,19 +80,25 @@ class ParkSweeper:
             LEASE_S,
             expired_before,
             self._batch,
+            creation_expired_before,
         )
         PARKED.set(await asyncio.to_thread(store.parked_count))
         if not taken:
             return 0
         identities = await asyncio.to_thread(store.identities, {p.client_uniq_id for p in taken})
         released = expired = 0
-        now = datetime.now(UTC)
         for parked in taken:
             if not expires(parked, identities.get(parked.client_uniq_id), expired_before):
                 # Ready, as far as the store knew a moment ago; the engine looks again (consent
                 # may have been withdrawn since) and puts it back in the park if it must wait.
+                # A payment waiting for its deal's creation time is taken when the order has one,
+                # or when it waited its whole time: then the order is created at its time.
                 event = self._parse(parked)
-                self._pipeline.release(parked, event, None)
+                waited_all = (
+                    parked.waits_for == WAITS_CREATION
+                    and parked.parked_at < creation_expired_before
+                )
+                self._pipeline.release(parked, event, None, creation_waited=waited_all)
                 if event is not None:
                     EVENTS_RELEASED.labels(topic=parked.topic).inc()
                     released += 1
@@ -108,8 +122,10 @@ class ParkSweeper:
 
 def expires(parked: ParkedEvent, identity: Identity | None, expired_before: datetime) -> bool:
     """A leased parked event goes to the DLQ as ``unattributable`` only when it waited its
-    whole time and its client still has no identifier. One leased as ready whose identity no
-    longer binds when read (it changed in between) is not expired: it waits on."""
+    whole identity wait (``PARK_MAX_WAIT_S``, whatever it parked for: a payment waiting for its
+    deal's creation time whose client lost every identifier meanwhile ends here too) and its
+    client still has no identifier. One leased as ready whose identity no longer binds when read
+    (it changed in between) is not expired: it waits on."""
     if identity is not None and identity.has_identifier():
         return False
     return parked.parked_at < expired_before

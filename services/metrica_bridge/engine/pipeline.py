@@ -43,6 +43,7 @@ from metrica_bridge.metrica.errors import RetryExhausted
 from metrica_bridge.metrica.status_map import StatusMap
 from metrica_bridge.metrics import (
     END_TO_END_LATENCY,
+    ORDER_RULES,
     ORDERS_OUTSIDE_WINDOW,
     ErrorClass,
     Outcome,
@@ -57,6 +58,8 @@ from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.steps.record import Recorder
 from metrica_bridge.steps.send import Rejected
 from metrica_bridge.store.base import (
+    WAITS_CREATION,
+    WAITS_IDENTITY,
     Changes,
     Identity,
     LedgerEntry,
@@ -185,10 +188,18 @@ class Pipeline:
                 self.lanes.push(work)
         self._wake.set()
 
-    def release(self, parked: ParkedEvent, event: Event | None, expired: str | None) -> None:
-        """A parked event moves on: its client got an identifier (``event`` parsed again), or
-        it waited too long (``expired`` says why). Ordered behind live events of its deal;
-        not tracked, since its offset was committed when it was parked."""
+    def release(
+        self,
+        parked: ParkedEvent,
+        event: Event | None,
+        expired: str | None,
+        *,
+        creation_waited: bool = False,
+    ) -> None:
+        """A parked event moves on: what it waited for arrived (``event`` parsed again), or it
+        waited too long (``expired`` says why; ``creation_waited``: it waited its whole time for
+        the deal's creation time, and the order is created by rule). Ordered behind live events
+        of its deal; not tracked, since its offset was committed when it was parked."""
         work = Work(
             parked_source(parked),
             f"deal:{parked.deal_id}",
@@ -196,6 +207,7 @@ class Pipeline:
             released=True,
             expired=expired,
             parked_id=parked.event_id,
+            creation_waited=creation_waited,
         )
         if event is None and expired is None:
             work.expired = "the parked record can no longer be read"
@@ -402,7 +414,7 @@ class Pipeline:
             if deal is not None and not identity.has_identifier():
                 # Orders go to Metrica only for clients it can bind: the lead waits like any
                 # other order event of a client without an identifier.
-                self._wait_for_identity(work, event.client.uniq_id, deal, None)
+                self._wait(work, event.client.uniq_id, deal, None, WAITS_IDENTITY)
                 return
         else:
             found = state.identities.get(event.client_uniq_id)
@@ -415,7 +427,7 @@ class Pipeline:
                 or (not work.released and deal in state.parked)
             ):
                 version = event.version if isinstance(event, DealStatusChanged) else None
-                self._wait_for_identity(work, event.client_uniq_id, deal, version)
+                self._wait(work, event.client_uniq_id, deal, version, WAITS_IDENTITY)
                 return
             identity = found
         if deal is not None and not self._order(work, deal, state):
@@ -425,7 +437,8 @@ class Pipeline:
             self._after_contact(work)
 
     def _order(self, work: Work, deal: str, state: _Round) -> bool:
-        """Decide what the order becomes; False when someone else is updating it right now."""
+        """Decide what the order becomes; False when the event goes no further now (someone
+        else is updating the order, it waits for the deal's creation time, or it is invalid)."""
         if deal not in state.claimed or deal in state.taken:
             # Another worker (this process or another) is updating the order: wait our turn.
             work.claim_waits += 1
@@ -437,17 +450,29 @@ class Pipeline:
         event = work.event
         now = datetime.now(UTC)
         order = state.orders.get(deal)
+        verdict: mapping.Verdict
         if isinstance(event, LeadCreated):
             verdict = mapping.on_lead(order, event, self.statuses, now)
         elif isinstance(event, DealStatusChanged):
             verdict = mapping.on_status(order, event, self.statuses, now)
         else:
             assert isinstance(event, PaymentReceived)
-            verdict = mapping.on_payment(order, event, self.statuses, now)
+            verdict = mapping.on_payment(
+                order, event, self.statuses, now, creation_waited=work.creation_waited
+            )
+            if isinstance(verdict, mapping.Wait):
+                self._wait(work, event.client_uniq_id, deal, None, WAITS_CREATION)
+                return False
+        if isinstance(verdict, mapping.Invalid):
+            self._dead_letter(work, ErrorClass.INVALID_EVENT, verdict.reason)
+            return False
         if isinstance(verdict, mapping.Skip):
             work.order_state = verdict.state
             work.outcome, work.detail = verdict.outcome, verdict.reason
             return True
+        for rule in verdict.rules:
+            ORDER_RULES.labels(rule=rule).inc()
+            log.warning("order decided by rule", rule=rule, **work.log_fields())
         for window in verdict.windows:
             ORDERS_OUTSIDE_WINDOW.labels(window=window).inc()
             log.warning(
@@ -535,9 +560,13 @@ class Pipeline:
         work.ack = Ack(uploading_id, intent.records, time.time())
         self._finish(work, Outcome.DELIVERED, "order")
 
-    def _wait_for_identity(self, work: Work, client: str, deal: str, version: int | None) -> None:
+    def _wait(
+        self, work: Work, client: str, deal: str, version: int | None, waits_for: str
+    ) -> None:
+        """Park the event until ``waits_for`` arrives (WAITS_IDENTITY: an identifier for the
+        client; WAITS_CREATION: the deal's creation time)."""
         if work.released:
-            # Still no identifier (consent withdrawn since the sweep): it stays parked, and its
+            # Still waiting (consent withdrawn since the sweep, say): it stays parked, and its
             # lease ends now (the heartbeat would renew it forever) so the next sweep decides.
             work.unlease = True
             self._finish(work, None)
@@ -558,8 +587,10 @@ class Pipeline:
             version=version,
             parked_at=datetime.now(UTC),
             timestamp_ms=source.timestamp_ms,
+            waits_for=waits_for,
         )
-        log.debug("parked until the client's identity arrives", **work.log_fields())
+        waiting = "client's identity" if waits_for == WAITS_IDENTITY else "deal's creation time"
+        log.debug(f"parked until the {waiting} arrives", **work.log_fields())
         self._finish(work, Outcome.PARKED)
 
     # -- uploads settle ------------------------------------------------------------------------

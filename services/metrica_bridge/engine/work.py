@@ -32,6 +32,7 @@ class Work:
     consumed_at: float = 0.0  # monotonic, for the linger deadline
     on_done: Done | None = None  # completes the offset (live records)
     expired: str | None = None  # parked too long: dead-letter as unattributable, this reason
+    creation_waited: bool = False  # waited its whole time for the deal's creation time
     parked_id: str | None = None  # the event id it was parked under
     started: bool = False
     attempts: int = 0  # infrastructure failures so far (store, broker)

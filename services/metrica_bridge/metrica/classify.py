@@ -5,8 +5,10 @@ Decisions the API documentation leaves open (see docs/decisions.md):
 * An upload succeeds only with HTTP 200, an ``uploading_id``, ``api_validation_status ==
   "PASSED"`` and ``elements_count`` equal to the rows sent.
 * A 200 with ``FAILED`` is permanent: Metrica validated the data and refused it, so sending the
-  same bytes again fails again. A 200 ``PASSED`` whose count differs from the rows sent is also
-  permanent (``elements_count_mismatch``), without row indexes: the batch is split and re-sent
+  same bytes again fails again. Its ``api_validation_errors`` (strings) become the error's
+  ``errors`` (no row indexes: the batch is bisected), so two refusals can be told apart. A 200
+  ``PASSED`` whose count differs from the rows sent is also permanent
+  (``elements_count_mismatch``), without row indexes: the batch is split and re-sent
   (idempotent under SAVE/UPDATE) until the odd record is alone.
 * A 2xx whose body cannot be read is transient and unclear: the upload may have been applied.
 * 401, 403 and 404 are setup errors; 420 is treated like 429 (seen in third-party code);
@@ -118,6 +120,14 @@ def _api_errors(body: Any) -> tuple[ApiError, ...]:
     return tuple(found)
 
 
+def _validation_errors(uploading: dict[str, Any]) -> tuple[ApiError, ...]:
+    """``api_validation_errors`` of a failed upload: strings (getLastUploadings schema)."""
+    raw = uploading.get("api_validation_errors")
+    if not isinstance(raw, list):
+        return ()
+    return tuple(ApiError("validation_failed", _clean(item)) for item in raw if item is not None)
+
+
 def _describe(status: int, errors: tuple[ApiError, ...], body: Any) -> str:
     if errors:
         parts = [f"{e.error_type}: {e.message}" if e.message else e.error_type for e in errors[:5]]
@@ -162,9 +172,11 @@ def _upload_outcome(
         uploading_source=uploading.get("uploading_source"),
     )
     if status != "PASSED":
-        errors = _api_errors(body)
+        errors = _api_errors(body) or _validation_errors(uploading)
+        detail = "; ".join(e.message for e in errors[:3] if e.message)
         return PermanentError(
-            f"upload {upload.uploading_id} not accepted: api_validation_status={status or 'missing'}",
+            f"upload {upload.uploading_id} not accepted: api_validation_status={status or 'missing'}"
+            + (f": {detail}" if detail else ""),
             rows=rows_from_errors(errors),
             endpoint=endpoint,
             status=response.status_code,

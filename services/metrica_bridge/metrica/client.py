@@ -13,7 +13,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -133,7 +133,9 @@ class MetricaClient:
                 reserve=settings.metrica_budget_reserve,
                 quota_day_s=settings.metrica_quota_day_s,
             )
-        client = cls(
+        # METRICA_TIMEZONE does not stand in for the counter's zone here: the service compares
+        # the two at start-up (Settings.timezone_for) and renders dates in the zone it chose.
+        return cls(
             api_url=settings.metrica_api_url,
             counter_id=counter_id,
             token=token,
@@ -142,9 +144,6 @@ class MetricaClient:
             timeout_s=settings.metrica_timeout_s,
             transport=transport,
         )
-        if settings.metrica_timezone:
-            client._timezone = _check_zone(settings.metrica_timezone)
-        return client
 
     def __repr__(self) -> str:
         return f"MetricaClient(api_url={self.api_url!r}, counter_id={self.counter_id})"
@@ -211,7 +210,8 @@ class MetricaClient:
         )
 
     async def counter_timezone(self) -> str:
-        """The counter's IANA time zone (cached; ``METRICA_TIMEZONE`` overrides it)."""
+        """The counter's own IANA time zone, ``time_zone_name`` (cached). Always asked of
+        Metrica: ``METRICA_TIMEZONE`` is checked against it, never used instead of asking."""
         if self._timezone is None:
             outcome = await self._call(
                 "counter",
@@ -231,16 +231,18 @@ class MetricaClient:
     async def last_uploadings(
         self, datetime_offset: datetime | str | None = None, limit: int = 10
     ) -> list[dict[str, Any]]:
-        """Uploads strictly before ``datetime_offset`` (aware datetimes are rendered in the
-        counter's time zone), newest first as Metrica returns them."""
+        """Uploads strictly before ``datetime_offset``, newest first as Metrica returns them.
+
+        ``datetime_offset`` is an instant on the scale of the uploads' ``datetime``, which is
+        UTC (``2022-12-29T18:02:01Z``): aware datetimes are rendered in UTC, never in the
+        counter's time zone (getLastUploadings, docs/decisions.md)."""
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
         params: dict[str, str] = {"limit": str(limit)}
         if isinstance(datetime_offset, datetime):
-            zone = ZoneInfo(await self.counter_timezone())
             if datetime_offset.tzinfo is None:
                 raise ValueError("datetime_offset must be timezone-aware")
-            params["datetime_offset"] = datetime_offset.astimezone(zone).strftime(METRICA_DATETIME)
+            params["datetime_offset"] = datetime_offset.astimezone(UTC).strftime(METRICA_DATETIME)
         elif datetime_offset is not None:
             params["datetime_offset"] = datetime_offset
         outcome = await self._call(

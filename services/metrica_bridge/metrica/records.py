@@ -55,6 +55,9 @@ class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+PERSONAL_LISTS = ("emails", "phones", "emails_md5", "phones_md5")
+
+
 class ContactRecord(_Record):
     uniq_id: Text
     name: str | None = None
@@ -86,9 +89,15 @@ class ContactRecord(_Record):
         for key in ("create_date_time", "update_date_time"):
             if (when := getattr(self, key)) is not None:
                 out[key] = render_datetime(when, zone)
-        for key in ("client_ids", "emails", "phones", "emails_md5", "phones_md5"):
-            if values := getattr(self, key):
-                out[key] = list(values)
+        if self.client_ids:
+            out["client_ids"] = list(self.client_ids)
+        # Every contact states all four personal identifier lists, the empty ones too: under
+        # merge_mode=UPDATE a field left out keeps what Metrica holds, a list sent replaces it
+        # (metrica-api.md §4: stored 1,2 + sent 1,3 = 1,3). So withdrawn consent, or hashing
+        # switched on after raw values went out, removes them instead of leaving them there
+        # (DESIGN.md §3). ClientIDs are not consent-bound and are never taken back.
+        for key in PERSONAL_LISTS:
+            out[key] = list(getattr(self, key))
         return out
 
 

@@ -96,6 +96,64 @@ def diff_statuses(desired: list[MetricaStatus], current: list[dict[str, Any]]) -
     return diffs
 
 
+# Metrica's own statuses (metrica-api.md §6): an order may carry them without any mapping.
+PREDEFINED_STATUSES = frozenset({"IN_PROGRESS", "PAID", "CANCELLED", "SPAM"})
+SCHEMA_SYNC_COMMAND = "metrica-bridge schema-sync"
+
+
+def start_up_mismatches(diffs: list[StatusDiff]) -> list[StatusDiff]:
+    """The differences that keep the service from starting (issue 15, item 8): every status
+    of the map the counter lacks or holds otherwise. A predefined status the map uses as is
+    (id = type, no goals) needs no mapping, so its absence does not count; statuses the counter
+    has beyond the map ("extra") never do."""
+
+    def predefined(diff: StatusDiff) -> bool:
+        want = diff.desired or {}
+        return (
+            diff.state == "missing"
+            and diff.id in PREDEFINED_STATUSES
+            and want.get("type") == diff.id
+            and not want.get("goal_action_ids")
+        )
+
+    return [d for d in diffs if d.is_mismatch and not predefined(d)]
+
+
+def describe_mismatches(diffs: list[StatusDiff], limit: int = 8) -> str:
+    """``missing: vip, gold; differs: won (type)``: what is wrong, by status id."""
+
+    def ids(items: list[str]) -> str:
+        more = f", … ({len(items) - limit} more)" if len(items) > limit else ""
+        return ", ".join(items[:limit]) + more
+
+    missing = [d.id for d in diffs if d.state == "missing"]
+    differs = [f"{d.id} ({', '.join(d.fields)})" for d in diffs if d.state == "differs"]
+    parts = [f"missing: {ids(missing)}"] if missing else []
+    parts += [f"differs: {ids(differs)}"] if differs else []
+    return "; ".join(parts)
+
+
+def status_map_problem(diffs: list[StatusDiff], *, pushed: bool = False) -> str | None:
+    """The reason the service is not ready, naming the command that fixes it; None: agrees."""
+    blocking = start_up_mismatches(diffs)
+    if not blocking:
+        return None
+    if pushed:
+        return (
+            "status map pushed at start-up, but the counter's order statuses still differ "
+            f"({describe_mismatches(blocking)}): compare with `{SCHEMA_SYNC_COMMAND} --dry-run`"
+        )
+    return (
+        f"status map differs from the counter's order statuses ({describe_mismatches(blocking)})"
+        f": run `{SCHEMA_SYNC_COMMAND}` (or set METRICA_SCHEMA_SYNC_ON_START=true)"
+    )
+
+
+async def compare_order_statuses(client: MetricaClient, status_map: StatusMap) -> list[StatusDiff]:
+    """GET ``/schema/order_statuses`` and compare it with the map; sends nothing."""
+    return diff_statuses(status_map.metrica_statuses(), await client.get_order_statuses())
+
+
 async def sync_order_statuses(
     client: MetricaClient, status_map: StatusMap, *, dry_run: bool = False
 ) -> SyncReport:

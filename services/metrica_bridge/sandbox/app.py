@@ -121,6 +121,7 @@ def create_app(sandbox: Sandbox, log_requests: bool = False) -> Starlette:
                 raw,
                 request.headers.get("content-type"),
                 faults.settings.max_request_rows,
+                faults.settings.invalid_as_200,
             )
             return {"uploading": upload.uploading()}, upload
 
@@ -133,6 +134,18 @@ def create_app(sandbox: Sandbox, log_requests: bool = False) -> Starlette:
 
     async def get_statuses(_request: Request, counter_id: int) -> tuple[dict[str, Any], Any]:
         return {"order_statuses": store.order_statuses(counter_id)}, None
+
+    async def post_products(request: Request, counter_id: int) -> tuple[dict[str, Any], Any]:
+        raw = await request.body()
+        store.set_products(counter_id, raw, request.headers.get("content-type"))
+        return {"success": True}, None
+
+    async def post_goal(request: Request, counter_id: int) -> tuple[dict[str, Any], Any]:
+        raw = await request.body()
+        return {"goal": store.add_goal(counter_id, raw, request.headers.get("content-type"))}, None
+
+    async def get_goals(_request: Request, counter_id: int) -> tuple[dict[str, Any], Any]:
+        return {"goals": store.goals(counter_id)}, None
 
     async def last_uploadings(request: Request, counter_id: int) -> tuple[dict[str, Any], Any]:
         params = request.query_params
@@ -220,11 +233,17 @@ def create_app(sandbox: Sandbox, log_requests: bool = False) -> Starlette:
         ),
         Route(CDP + "/schema/order_statuses", metrica(post_statuses, True), methods=["POST"]),
         Route(CDP + "/schema/order_statuses", metrica(get_statuses), methods=["GET"]),
+        Route(CDP + "/schema/products", metrica(post_products, True), methods=["POST"]),
         Route(CDP + "/last_uploadings", metrica(last_uploadings), methods=["GET"]),
         Route("/management/v1/counter/{counter_id}", metrica(management_counter), methods=["GET"]),
+        Route(
+            "/management/v1/counter/{counter_id}/goals", metrica(post_goal, True), methods=["POST"]
+        ),
+        Route("/management/v1/counter/{counter_id}/goals", metrica(get_goals), methods=["GET"]),
         Route("/_sandbox/counters/{counter_id}/contacts", inspect(store.contacts, "contacts")),
         Route("/_sandbox/counters/{counter_id}/orders", inspect(store.orders, "orders")),
         Route("/_sandbox/counters/{counter_id}/uploads", inspect(store.uploads, "uploads")),
+        Route("/_sandbox/counters/{counter_id}/products", inspect(store.products, "products")),
         Route("/_sandbox/faults", get_faults, methods=["GET"]),
         Route("/_sandbox/faults", post_faults, methods=["POST"]),
         Route("/_sandbox/reset", reset, methods=["POST"]),

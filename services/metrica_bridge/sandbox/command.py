@@ -44,6 +44,20 @@ def sandbox(
             "(86400: reset at 00:00 GMT)."
         ),
     ] = DAY_S,
+    goal: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A JavaScript-event goal id every counter has (orders' goals must name one); "
+            "repeatable."
+        ),
+    ] = None,
+    product: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A product of every counter's product list; repeatable. Without any, order "
+            "products are checked only once POST /schema/products made a list."
+        ),
+    ] = None,
 ) -> None:
     """Run the local Metrica CDP emulator (inspection and faults under /_sandbox)."""
     try:
@@ -68,6 +82,8 @@ def sandbox(
         state,
         requests_per_day=requests_per_day,
         quota_day_s=quota_day_s,
+        products=product,
+        goals=goal or (),
     )
     log = logs.get_logger("metrica_bridge.sandbox")
     log.info(

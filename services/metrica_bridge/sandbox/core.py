@@ -28,9 +28,13 @@ class Sandbox:
         max_rows: int = DEFAULT_MAX_ROWS,
         requests_per_day: int | None = None,
         quota_day_s: int | None = None,
+        products: Iterable[str] | None = None,
+        goals: Iterable[str] = (),
     ) -> None:
         """``requests_per_day`` and ``quota_day_s`` override ``limits`` (None keeps them);
-        all of these are the defaults ``POST /_sandbox/reset`` returns to."""
+        ``products`` is a product list every counter starts with (None: none, so order products
+        go unchecked), ``goals`` JavaScript-event goal ids every counter starts with; all of
+        these are the defaults ``POST /_sandbox/reset`` returns to."""
         self._tokens = tuple(t for t in tokens if t)
         if not self._tokens:
             raise ValueError("the sandbox needs at least one token")
@@ -40,7 +44,7 @@ class Sandbox:
         if quota_day_s is not None:
             limits = replace(limits, day_s=quota_day_s)
         persist = SqliteState(state_path) if state_path is not None else None
-        self.store = Store(counter_ids, timezone, persist)
+        self.store = Store(counter_ids, timezone, persist, products=products, goals=goals)
         self.quotas = Quotas(limits)
         self.faults = Faults(FaultSettings(max_request_rows=max_rows))
 

@@ -44,6 +44,9 @@ class FaultSettings:
     max_request_bytes: int | None = None
     # False: upload errors carry no ``location`` (in case the real API names no rows).
     error_locations: bool = True
+    # True: an upload with bad rows is answered 200 with ``api_validation_status: FAILED``
+    # (nothing applied, listed in last_uploadings) instead of 400 (metrica-api.md §9, §17).
+    invalid_as_200: bool = False
 
 
 class Faults:
@@ -191,6 +194,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_request_rows": _positive_int,
     "max_request_bytes": _positive_int_or_null,
     "error_locations": _boolean,
+    "invalid_as_200": _boolean,
 }
 
 
@@ -259,4 +263,5 @@ def describe(faults: Faults, quotas: Quotas) -> dict[str, Any]:
         "max_request_rows": s.max_request_rows,
         "max_request_bytes": s.max_request_bytes,
         "error_locations": s.error_locations,
+        "invalid_as_200": s.invalid_as_200,
     }

@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS order_statuses (
     counter_id INTEGER NOT NULL, status_id TEXT NOT NULL, doc TEXT NOT NULL,
     PRIMARY KEY (counter_id, status_id));
 CREATE TABLE IF NOT EXISTS uploads (uploading_id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS catalog (
+    counter_id INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (counter_id, kind, key));
 """
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -82,6 +85,13 @@ class SqliteState:
             "SELECT counter_id, status_id, doc FROM order_statuses ORDER BY rowid"
         ):
             yield cid, status_id, json.loads(doc)
+
+    def catalog(self) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+        """Product list items (``product``, by name) and goals (``goal``, by id)."""
+        for cid, kind, key, doc in self._db.execute(
+            "SELECT counter_id, kind, key, doc FROM catalog ORDER BY rowid"
+        ):
+            yield cid, kind, key, json.loads(doc)
 
     def uploads(self) -> Iterator[dict[str, Any]]:
         for (doc,) in self._db.execute("SELECT doc FROM uploads ORDER BY uploading_id"):
@@ -143,11 +153,32 @@ class SqliteState:
             db.execute("ROLLBACK")
             raise
 
+    def save_catalog(self, items: Sequence[tuple[int, str, str, dict[str, Any]]]) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT INTO catalog VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (counter_id, kind, key) DO UPDATE SET doc = excluded.doc",
+                [(cid, kind, key, _dumps(doc)) for cid, kind, key, doc in items],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
     def clear(self, last_uploading_id: int) -> None:
         """Drops all data but remembers the last uploading id: ids are never reused."""
         db = self._db
         db.execute("BEGIN")
-        for table in ("contacts", "orders", "order_history", "order_statuses", "uploads"):
+        for table in (
+            "contacts",
+            "orders",
+            "order_history",
+            "order_statuses",
+            "uploads",
+            "catalog",
+        ):
             db.execute(f"DELETE FROM {table}")
         db.execute(
             "INSERT OR REPLACE INTO meta VALUES ('last_uploading_id', ?)", (str(last_uploading_id),)

@@ -36,6 +36,8 @@ class SandboxServer:
         log_requests: bool = False,
         requests_per_day: int | None = None,
         quota_day_s: int | None = None,
+        products: Iterable[str] | None = None,
+        goals: Iterable[str] = (),
     ) -> None:
         self.sandbox = Sandbox(
             tokens,
@@ -45,6 +47,8 @@ class SandboxServer:
             limits,
             requests_per_day=requests_per_day,
             quota_day_s=quota_day_s,
+            products=products,
+            goals=goals,
         )
         self._app = create_app(self.sandbox, log_requests=log_requests)
         self._host = host

@@ -5,8 +5,10 @@ When a :class:`~.persist.SqliteState` is attached, every change is written throu
 the same call and loaded back on start (``--state PATH``).
 
 Semantics follow metrica-api.md: merge modes (§4), contacts before orders (§1), mapped order
-statuses (§7), creation dates that never change (§4, §6). A bad row rejects the whole upload:
-nothing is applied, and the errors name every bad row.
+statuses (§7), creation dates that never change (§4, §6), products of the counter's product list
+(§8) and per-order goals that are JavaScript-event goals of the counter (§7). A bad row rejects
+the whole upload: nothing is applied, and the errors name every bad row (answered 400, or 200
+with ``api_validation_status: FAILED`` under the ``invalid_as_200`` fault, §9).
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ from metrica_bridge.sandbox.validation import (
     DEFAULT_MAX_ROWS,
     MULTI_VALUED,
     STATUS_TYPES,
+    js_goal_ids,
     merge_mode,
     parse_json,
     validate_contacts,
+    validate_goal,
     validate_order_statuses,
     validate_orders,
+    validate_products,
 )
 
 # A detailed order may carry a status type's own name (example B sends IN_PROGRESS) without
@@ -54,15 +59,18 @@ class Upload:
     counter_id: int
     endpoint: str  # "contacts" | "orders"
     merge_mode: str | None
-    status: str  # "accepted" | "rejected"
+    # "accepted"; "rejected" (answered 400); "failed" (answered 200 with FAILED, listed)
+    status: str
     elements_count: int
     received_at: datetime
     errors: list[ErrorItem] = field(default_factory=list)
     http_status: int = 200
 
     def uploading(self) -> dict[str, Any]:
-        """The ``uploading`` object of an answer and of ``last_uploadings`` (§9)."""
-        return {
+        """The ``uploading`` object of an answer and of ``last_uploadings`` (§9). A failed one
+        carries ``api_validation_errors`` (strings, as the newer getLastUploadings schema lists
+        them): the messages only, naming no rows."""
+        out: dict[str, Any] = {
             "uploading_id": self.uploading_id,
             "datetime": iso_utc(self.received_at, fraction=False),
             "api_validation_status": "PASSED" if self.status == "accepted" else "FAILED",
@@ -71,6 +79,9 @@ class Upload:
             "uploading_format": "JSON",
             "uploading_source": "API",
         }
+        if self.status != "accepted":
+            out["api_validation_errors"] = list(dict.fromkeys(e.message for e in self.errors))
+        return out
 
     def inspection(self) -> dict[str, Any]:
         return {
@@ -123,6 +134,11 @@ class Counter:
     orders: dict[str, Order] = field(default_factory=dict)
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     uploads: list[Upload] = field(default_factory=list)
+    # The product list (POST /schema/products, §8); None: the counter has none, so order
+    # products are not checked (see docs/decisions.md).
+    products: dict[str, dict[str, Any]] | None = None
+    goals: dict[int, dict[str, Any]] = field(default_factory=dict)  # management goals, by id
+    goal_action_ids: set[str] = field(default_factory=set)  # what per-order goals may name
 
     def status_type(self, status_id: str) -> str | None:
         mapped = self.statuses.get(status_id)
@@ -170,15 +186,41 @@ class Store:
         timezone: str = "Europe/Moscow",
         persist: SqliteState | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        products: Iterable[str] | None = None,
+        goals: Iterable[str] = (),
     ) -> None:
+        """``products``: a product list every counter starts with (None: none, products are
+        not checked until one is posted); ``goals``: JavaScript-event goal identifiers every
+        counter starts with. Both come back after a reset."""
         self.zone = ZoneInfo(timezone)
         self.timezone = timezone
         self._now = now
         self._persist = persist
-        self._counters = {int(c): Counter(int(c)) for c in counter_ids}
+        self._seed_products = None if products is None else tuple(products)
+        self._seed_goals = tuple(goals)
+        self._last_goal_id = 0
+        self._counters = {int(c): self._new_counter(int(c)) for c in counter_ids}
         self._last_id = 0
         if persist is not None:
             self._load(persist)
+
+    def _new_counter(self, counter_id: int) -> Counter:
+        c = Counter(counter_id)
+        if self._seed_products is not None:
+            c.products = {name: {"name": name, "humanized": None} for name in self._seed_products}
+        for goal_id in self._seed_goals:
+            self._add_goal(c, {"name": goal_id, "type": "action",
+                               "conditions": [{"type": "exact", "url": goal_id}]})  # fmt: skip
+        return c
+
+    def _add_goal(self, c: Counter, goal: dict[str, Any], goal_id: int | None = None) -> int:
+        if goal_id is None:
+            self._last_goal_id += 1
+            goal_id = self._last_goal_id
+        self._last_goal_id = max(self._last_goal_id, goal_id)
+        c.goals[goal_id] = {"id": goal_id, **goal, "goal_source": "user", "status": "Active"}
+        c.goal_action_ids |= js_goal_ids(goal)
+        return goal_id
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -197,6 +239,14 @@ class Store:
         for cid, _status_id, doc in persist.statuses():
             if cid in self._counters:
                 self._counters[cid].statuses[doc["id"]] = doc
+        for cid, kind, key, doc in persist.catalog():
+            c = self._counters.get(cid)
+            if c is None:
+                continue
+            if kind == "product":
+                c.products = {**(c.products or {}), key: doc}
+            else:
+                self._add_goal(c, {k: doc[k] for k in ("name", "type", "conditions")}, int(key))
         for record in persist.uploads():
             upload = Upload.from_record(record)
             if upload.counter_id in self._counters:
@@ -204,7 +254,7 @@ class Store:
 
     def reset(self) -> None:
         for cid in self._counters:
-            self._counters[cid] = Counter(cid)
+            self._counters[cid] = self._new_counter(cid)
         if self._persist is not None:
             self._persist.clear(self._last_id)
 
@@ -245,10 +295,13 @@ class Store:
         raw: bytes,
         content_type: str | None,
         max_rows: int = DEFAULT_MAX_ROWS,
+        invalid_as_200: bool = False,
     ) -> Upload:
         """``POST …/data/{endpoint}/json?merge_mode=…``: applies the whole upload or raises
         ApiError(400) having applied nothing; either way the upload is recorded. ``max_rows``
-        is a fault setting (``max_request_rows``), hence an argument."""
+        and ``invalid_as_200`` are fault settings, hence arguments: with the latter, bad rows
+        make a *failed* upload (answered 200, ``api_validation_status: FAILED``, nothing
+        applied) instead of a 400; a request Metrica cannot read at all is still a 400."""
         c = self.counter(counter_id)
         try:
             checked_mode = merge_mode(mode)
@@ -256,8 +309,8 @@ class Store:
         except ApiError as exc:
             raise self._reject(c, endpoint, mode, 0, exc.errors) from None
         if endpoint == "contacts":
-            return self.upload_contacts(counter_id, checked_mode, body, max_rows)
-        return self.upload_orders(counter_id, checked_mode, body, max_rows)
+            return self.upload_contacts(counter_id, checked_mode, body, max_rows, invalid_as_200)
+        return self.upload_orders(counter_id, checked_mode, body, max_rows, invalid_as_200)
 
     def _reject(
         self, c: Counter, endpoint: str, mode: str | None, count: int, errors: list[ErrorItem]
@@ -271,8 +324,33 @@ class Store:
             self._persist.save(upload.as_record())
         return ApiError(400, errors)
 
+    def _refuse(
+        self,
+        c: Counter,
+        endpoint: str,
+        mode: str,
+        count: int,
+        errors: list[ErrorItem],
+        as_200: bool,
+    ) -> Upload:
+        """Bad rows: a failed upload (answered 200, listed in last_uploadings), or a 400."""
+        if not as_200:
+            raise self._reject(c, endpoint, mode, count, errors)
+        upload = Upload(
+            self._next_id(), c.counter_id, endpoint, mode, "failed", count, self._now(), errors
+        )
+        c.uploads.append(upload)
+        if self._persist is not None:
+            self._persist.save(upload.as_record())
+        return upload
+
     def upload_contacts(
-        self, counter_id: int, mode: str, body: Any, max_rows: int = DEFAULT_MAX_ROWS
+        self,
+        counter_id: int,
+        mode: str,
+        body: Any,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        invalid_as_200: bool = False,
     ) -> Upload:
         c = self.counter(counter_id)
         try:
@@ -282,7 +360,7 @@ class Store:
                 c, "contacts", mode, _row_count(body, "contacts"), exc.errors
             ) from None
         if errors:
-            raise self._reject(c, "contacts", mode, len(rows), errors)
+            return self._refuse(c, "contacts", mode, len(rows), errors, invalid_as_200)
         upload = Upload(
             self._next_id(), counter_id, "contacts", mode, "accepted", len(rows), self._now()
         )
@@ -299,7 +377,12 @@ class Store:
         return upload
 
     def upload_orders(
-        self, counter_id: int, mode: str, body: Any, max_rows: int = DEFAULT_MAX_ROWS
+        self,
+        counter_id: int,
+        mode: str,
+        body: Any,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        invalid_as_200: bool = False,
     ) -> Upload:
         c = self.counter(counter_id)
         try:
@@ -308,7 +391,7 @@ class Store:
             raise self._reject(c, "orders", mode, _row_count(body, "orders"), exc.errors) from None
         errors.extend(self._reference_errors(c, rows, {e.location for e in errors}))
         if errors:
-            raise self._reject(c, "orders", mode, len(rows), _by_row(errors))
+            return self._refuse(c, "orders", mode, len(rows), _by_row(errors), invalid_as_200)
         upload = Upload(
             self._next_id(), counter_id, "orders", mode, "accepted", len(rows), self._now()
         )
@@ -348,6 +431,14 @@ class Store:
         def usable(i: int, row: dict[str, Any], name: str) -> bool:
             return isinstance(row.get(name), str) and f"orders[{i}].{name}" not in flagged
 
+        def clean(i: int, name: str) -> bool:  # no error anywhere inside the field
+            return not any(
+                loc is not None
+                and loc.startswith(f"orders[{i}].{name}")
+                and loc[len(f"orders[{i}].{name}") :][:1] in ("", ".", "[")
+                for loc in flagged
+            )
+
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 continue
@@ -375,7 +466,53 @@ class Store:
                     "create_date_time of an existing order cannot change",
                     f"orders[{i}].create_date_time",
                 ))  # fmt: skip
+            products = row.get("products")
+            if c.products is not None and isinstance(products, dict) and clean(i, "products"):
+                for sku in products:
+                    if sku not in c.products:
+                        errors.append(ErrorItem(
+                            "invalid_parameter",
+                            "products names a product missing from the counter's product "
+                            "list: add it with POST /schema/products",
+                            f"orders[{i}].products.{sku}",
+                        ))  # fmt: skip
+            goals = row.get("goals")
+            if isinstance(goals, list) and clean(i, "goals"):
+                for j, goal in enumerate(goals):
+                    if goal["goal_action_id"] not in c.goal_action_ids:
+                        errors.append(ErrorItem(
+                            "invalid_parameter",
+                            "goal_action_id names no JavaScript-event goal of this counter: "
+                            "create the goal first",
+                            f"orders[{i}].goals[{j}].goal_action_id",
+                        ))  # fmt: skip
         return errors
+
+    # -- products and goals ----------------------------------------------------------------
+
+    def set_products(self, counter_id: int, raw: bytes, content_type: str | None) -> None:
+        """``POST /schema/products``: adds or replaces list items by name; none is removed."""
+        c = self.counter(counter_id)
+        items = validate_products(parse_json(raw, content_type))
+        c.products = {**(c.products or {}), **{item["name"]: item for item in items}}
+        if self._persist is not None:
+            self._persist.save_catalog(
+                [(counter_id, "product", item["name"], item) for item in items]
+            )
+
+    def add_goal(self, counter_id: int, raw: bytes, content_type: str | None) -> dict[str, Any]:
+        """``POST /management/v1/counter/{id}/goals`` → the goal created, with its id."""
+        c = self.counter(counter_id)
+        goal_id = self._add_goal(c, validate_goal(parse_json(raw, content_type)))
+        if self._persist is not None:
+            self._persist.save_catalog([(counter_id, "goal", str(goal_id), c.goals[goal_id])])
+        return c.goals[goal_id]
+
+    def goals(self, counter_id: int) -> list[dict[str, Any]]:
+        return list(self.counter(counter_id).goals.values())
+
+    def products(self, counter_id: int) -> list[dict[str, Any]]:
+        return list((self.counter(counter_id).products or {}).values())
 
     # -- order statuses --------------------------------------------------------------------
 
@@ -397,10 +534,11 @@ class Store:
     def last_uploadings(
         self, counter_id: int, before: datetime | None, limit: int
     ) -> list[dict[str, Any]]:
-        """Accepted uploads strictly before ``before`` (to the second), newest first (§9)."""
+        """Uploads Metrica took in (accepted, or failed validation and answered 200) strictly
+        before ``before`` (UTC, to the second), newest first (§9). 400s never became uploads."""
         out: list[dict[str, Any]] = []
         for upload in reversed(self.counter(counter_id).uploads):
-            if upload.status != "accepted":
+            if upload.status == "rejected":
                 continue
             if before is not None and upload.received_at.replace(microsecond=0) >= before:
                 continue

@@ -414,6 +414,125 @@ def validate_order_statuses(body: Any) -> list[dict[str, Any]]:
     return out
 
 
+_ITEM_NAME = _STATUS_ID  # list items and attributes: 1-255 characters, ^[\w-:]+$ (§8)
+_LIST_MAX = 160_000
+_PRODUCT_KEYS = frozenset({"attributes", "items"})
+_ITEM_KEYS = frozenset({"name", "humanized"})
+
+
+def validate_products(body: Any) -> list[dict[str, Any]]:
+    """``POST /schema/products`` (§8): ``{"attributes": [...], "items": [{"name", "humanized"}]}``
+    → the items; raises ApiError listing every problem. Attributes are checked for shape only
+    (the sandbox keeps no product attributes)."""
+    if not isinstance(body, dict):
+        raise ApiError.of("invalid_json", "the body must be a JSON object {attributes, items}")
+    errors: list[ErrorItem] = [
+        ErrorItem("invalid_parameter", f"unknown field {k!r}", k)
+        for k in body
+        if k not in _PRODUCT_KEYS
+    ]
+    attributes = body.get("attributes")
+    if attributes is None:
+        errors.append(ErrorItem("missing_parameter", "attributes is required", "attributes"))
+    elif not isinstance(attributes, list) or len(attributes) > _LIST_MAX:
+        msg = f"attributes must be an array of at most {_LIST_MAX} attributes"
+        errors.append(ErrorItem("invalid_parameter", msg, "attributes"))
+    else:
+        for i, attribute in enumerate(attributes):
+            where = f"attributes[{i}]"
+            if not isinstance(attribute, dict):
+                errors.append(ErrorItem("invalid_parameter", "must be a JSON object", where))
+                continue
+            name = attribute.get("name")
+            if not isinstance(name, str) or not _ITEM_NAME.fullmatch(name):
+                msg = r"name must be 1-255 characters matching ^[\w-:]+$"
+                errors.append(ErrorItem("invalid_parameter", msg, f"{where}.name"))
+            if not isinstance(attribute.get("multivalued"), bool):
+                msg = "multivalued is required: true or false"
+                errors.append(ErrorItem("missing_parameter", msg, f"{where}.multivalued"))
+    items = body.get("items", [])
+    out: list[dict[str, Any]] = []
+    if not isinstance(items, list) or len(items) > _LIST_MAX:
+        msg = f"items must be an array of at most {_LIST_MAX} items"
+        errors.append(ErrorItem("invalid_parameter", msg, "items"))
+        items = []
+    for i, item in enumerate(items):
+        where = f"items[{i}]"
+        if not isinstance(item, dict):
+            errors.append(ErrorItem("invalid_parameter", "an item must be a JSON object", where))
+            continue
+        before = len(errors)
+        for key in item:
+            if key not in _ITEM_KEYS:
+                msg = f"unknown field {key!r}"
+                errors.append(ErrorItem("invalid_parameter", msg, f"{where}.{key}"))
+        name = item.get("name")
+        if name is None:
+            errors.append(ErrorItem("missing_parameter", "name is required", f"{where}.name"))
+        elif not isinstance(name, str) or not _ITEM_NAME.fullmatch(name):
+            msg = r"name must be 1-255 characters matching ^[\w-:]+$"
+            errors.append(ErrorItem("invalid_parameter", msg, f"{where}.name"))
+        humanized = item.get("humanized")
+        if humanized is not None and (not isinstance(humanized, str) or len(humanized) > 4096):
+            msg = "humanized must be a string of at most 4096 characters"
+            errors.append(ErrorItem("invalid_parameter", msg, f"{where}.humanized"))
+        if len(errors) == before:
+            out.append({"name": name, "humanized": humanized})
+    if errors:
+        raise ApiError(400, errors)
+    return out
+
+
+_GOAL_FIELDS = frozenset(
+    {"id", "name", "type", "default_price", "is_retargeting", "is_favorite", "status",
+     "conditions", "prev_goal_id", "flag", "goal_source"}
+)  # fmt: skip
+
+
+def validate_goal(body: Any) -> dict[str, Any]:
+    """``POST /management/v1/counter/{id}/goals``: ``{"goal": {name, type, conditions}}``
+    (metrica-api.md §7; the JS-goal shape is unconfirmed there) → the goal, without ``id``."""
+    goal = body.get("goal") if isinstance(body, dict) else None
+    if not isinstance(goal, dict):
+        raise ApiError.of("invalid_parameter", 'the body must be {"goal": {...}}', "goal")
+    errors: list[ErrorItem] = [
+        ErrorItem("invalid_parameter", f"unknown field {k!r}", f"goal.{k}")
+        for k in goal
+        if k not in _GOAL_FIELDS
+    ]
+    name = goal.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        errors.append(ErrorItem("invalid_parameter", "name must be 1-255 characters", "goal.name"))
+    goal_type = goal.get("type")
+    if not isinstance(goal_type, str) or not goal_type:
+        errors.append(ErrorItem("missing_parameter", "type is required", "goal.type"))
+    conditions = goal.get("conditions", [])
+    if not isinstance(conditions, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("type"), str) and isinstance(c.get("url"), str)
+        for c in conditions
+    ):
+        msg = "conditions must be an array of {type, url} strings"
+        errors.append(ErrorItem("invalid_parameter", msg, "goal.conditions"))
+    elif goal_type == "action" and not conditions:
+        msg = "a JavaScript-event goal needs a condition naming its identifier"
+        errors.append(ErrorItem("invalid_parameter", msg, "goal.conditions"))
+    if errors:
+        raise ApiError(400, errors)
+    return {
+        "name": name,
+        "type": goal_type,
+        "conditions": [{"type": c["type"], "url": c["url"]} for c in conditions],
+    }
+
+
+def js_goal_ids(goal: dict[str, Any]) -> set[str]:
+    """The identifiers a JavaScript-event goal is reached by (the ``reachGoal`` target): the
+    ``url`` of its exact-match conditions. Other goal types are never reached from the CDP."""
+    if goal.get("type") != "action":
+        return set()
+    return {c["url"] for c in goal.get("conditions", []) if c.get("type") in ("exact", "action")}
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 

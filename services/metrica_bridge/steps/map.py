@@ -1,5 +1,6 @@
 """Map an event onto the order Metrica holds: stale protection, no-op detection, the status map,
-revenue, and the binding windows. Pure functions of (order state, event, status map, now).
+revenue, currency, the client the order belongs to, its creation time, and the binding windows.
+Pure functions of (order state, event, status map, now).
 """
 
 from __future__ import annotations
@@ -29,13 +30,36 @@ class Skip:
 
 
 @dataclass(frozen=True, slots=True)
+class Wait:
+    """The order cannot be sent yet: its creation time is not known (a payment came before
+    anything that carries the deal's creation time). The event waits in the park."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """The event contradicts the order (a payment in another currency): dead-letter it as
+    ``invalid_event`` with this reason; the order is left as it is."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     state: OrderState  # what Metrica holds once this record is acknowledged
     record: OrderRecord
     windows: tuple[str, ...] = field(default=())  # binding windows this order is outside of
+    # decisions taken by a rule rather than by data, for the metrics: "created_at_from_payment"
+    # (the deal's creation time never came), "currency_ignored" (a status named another currency
+    # without an amount in it)
+    rules: tuple[str, ...] = field(default=())
 
 
-Decider = Callable[[OrderState | None], "Send | Skip"]
+Verdict = Send | Skip | Wait | Invalid
+Decider = Callable[[OrderState | None], Verdict]
+
+DEFAULT_CURRENCY = "RUB"  # DESIGN.md §2: an amount without a currency is in rubles
 
 
 def _order_key(at: datetime | None, version: int | None) -> tuple[datetime, int] | None:
@@ -82,8 +106,8 @@ def _decide(
     if (
         old is not None
         and old.sent
-        and (old.status, old.revenue, old.cost, old.currency)
-        == (new.status, new.revenue, new.cost, new.currency)
+        and (old.client_uniq_id, old.status, old.revenue, old.cost, old.currency)
+        == (new.client_uniq_id, new.status, new.revenue, new.cost, new.currency)
         and not products
     ):
         return Skip("skipped", "no-op: Metrica already holds this", replace(new, sent=True))
@@ -125,11 +149,36 @@ def _restate(old: OrderState, new: OrderState, now: datetime) -> Send | Skip:
     return Send(new, record, _windows(new, now, new=False))
 
 
-def _base(order: OrderState | None, deal_id: str, client: str, created: datetime) -> OrderState:
-    if order is not None:
-        # create_date_time is immutable in Metrica: once sent, the first value stays.
-        return order if order.created_at is not None else replace(order, created_at=created)
-    return OrderState(deal_id=deal_id, client_uniq_id=client, created_at=created)
+def _base(
+    order: OrderState | None, deal_id: str, client: str, created: datetime | None
+) -> OrderState:
+    """The order as a newer (not stale) event sees it. It belongs to the client this event names:
+    Metrica re-links an order whose ``id`` comes with another ``client_uniq_id``."""
+    if order is None:
+        return OrderState(deal_id=deal_id, client_uniq_id=client, created_at=created)
+    if order.client_uniq_id != client:
+        order = replace(order, client_uniq_id=client)
+    # create_date_time is immutable in Metrica: once known, the first value stays.
+    return order if order.created_at is not None else replace(order, created_at=created)
+
+
+def _holds_money(order: OrderState) -> bool:
+    return order.deal_amount is not None or bool(order.payments)
+
+
+def _status_currency(order: OrderState, event: DealStatusChanged) -> tuple[str | None, bool]:
+    """The order's currency after a status event, and whether the event's currency was ignored.
+    A currency the event names is the CRM's word on the deal when the event carries the amount in
+    it, or when the order holds no amount yet; an amount cannot change currency without a new
+    amount, so otherwise the order keeps its own. An event that names none changes nothing."""
+    named = event.currency
+    if named is None or named == order.currency:
+        if order.currency is None and event.revenue is not None:
+            return DEFAULT_CURRENCY, False
+        return order.currency, False
+    if event.revenue is not None or not _holds_money(order):
+        return named, False
+    return order.currency or DEFAULT_CURRENCY, True
 
 
 def on_lead(
@@ -159,34 +208,64 @@ def on_status(
             return _restate(order, replace(order, deal_amount=event.revenue), now)
         return Skip("stale", "older than the update already applied")
     base = _base(order, event.deal_id, event.client_uniq_id, event.deal_created_at)
+    currency, ignored = _status_currency(base, event)
     state = replace(
         base,
         applied_at=event.occurred_at,
         applied_version=event.version,
         deal_amount=event.revenue if event.revenue is not None else base.deal_amount,
         cost=event.cost if event.cost is not None else base.cost,
-        currency=event.currency,
+        currency=currency,
     )
     products = {p.sku: p.quantity for p in event.products}
-    return _decide(order, state, status, event.occurred_at, now, products)
+    verdict = _decide(order, state, status, event.occurred_at, now, products)
+    if ignored and isinstance(verdict, Send):
+        return replace(verdict, rules=("currency_ignored",))
+    return verdict
 
 
 def on_payment(
-    order: OrderState | None, event: PaymentReceived, statuses: StatusMap, now: datetime
-) -> Send | Skip:
+    order: OrderState | None,
+    event: PaymentReceived,
+    statuses: StatusMap,
+    now: datetime,
+    *,
+    creation_waited: bool = False,
+) -> Verdict:
+    """``creation_waited``: the event waited its whole time in the park for the deal's creation
+    time; the order is then created at the payment's time (the latest the deal can have been
+    created), counted as decided by rule."""
     if order is not None and event.payment_id in order.payments:
         return Skip("skipped", "payment already counted")
-    created = event.deal_created_at or event.occurred_at
-    base = _base(order, event.deal_id, event.client_uniq_id, created)
+    known = order.currency if order is not None else None
+    if known is not None and event.currency != known:
+        # An order has one currency (DESIGN.md §3): adding amounts in two would be a revenue
+        # no CRM figure matches. The event goes to the DLQ, visible, replayable once fixed.
+        return Invalid(f"payment in {event.currency} for an order in {known}")
+    rules: tuple[str, ...] = ()
+    created = event.deal_created_at or (order.created_at if order is not None else None)
+    if created is None:
+        if not creation_waited:
+            return Wait("the deal's creation time is not known yet")
+        created, rules = event.occurred_at, ("created_at_from_payment",)
+    stale = is_stale(order, event.occurred_at, None)
+    if stale:
+        assert order is not None
+        base = order if order.created_at is not None else replace(order, created_at=created)
+    else:
+        base = _base(order, event.deal_id, event.client_uniq_id, created)
     counted = replace(
         base,
         payments={**base.payments, event.payment_id: event.amount},
-        currency=base.currency or event.currency,
+        currency=event.currency,
     )
-    if is_stale(order, event.occurred_at, None):
+    verdict: Send | Skip
+    if stale:
         # Never regress the status, but the money was received: Metrica's revenue must add it
         # even when no later update of the deal ever comes.
         assert order is not None
-        return _restate(order, counted, now)
-    state = replace(counted, applied_at=event.occurred_at, applied_version=None)
-    return _decide(order, state, statuses.paid, event.occurred_at, now)
+        verdict = _restate(order, counted, now)
+    else:
+        state = replace(counted, applied_at=event.occurred_at, applied_version=None)
+        verdict = _decide(order, state, statuses.paid, event.occurred_at, now)
+    return replace(verdict, rules=rules) if rules and isinstance(verdict, Send) else verdict

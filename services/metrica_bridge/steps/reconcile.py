@@ -16,6 +16,13 @@ own within its request's retries); one still open after that makes the upload am
 the event is sent again — a second identical update is harmless, a lost one is not. Among one
 crashed run's own open intents of the same size, uploads are paired in time order (requests
 leave in the order their intents were written), never one already matched.
+
+The list is read from the end of the intent's window backwards (``datetime_offset``, a UTC
+instant like the uploads' ``datetime``), a page at a time, until it reaches the window's start:
+on a busy counter the newest uploads of the moment may all be later than the lost one. The
+list names neither records nor the endpoint (``entity_type`` is ``SYSTEM`` for contacts and
+orders alike), so a match proves an upload of that size at that time, no more: see
+docs/decisions.md, "Reconciliation and the sandbox's strictness".
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ log = get_logger("metrica_bridge.steps.reconcile")
 SKEW = timedelta(seconds=2)  # clock difference between us and Metrica, and second rounding
 WINDOW = timedelta(seconds=60)  # how long after its intent began a request can still arrive
 SETTLE = timedelta(seconds=60)  # how long other processes' open intents are given to resolve
+PAGE = 1000  # uploads per last_uploadings request (the API's maximum)
+MAX_PAGES = 10  # requests (from the reserve) one resolution may spend paging back
 
 
 def parse_uploading_time(value: str, zone: ZoneInfo) -> datetime | None:
@@ -47,10 +56,13 @@ def parse_uploading_time(value: str, zone: ZoneInfo) -> datetime | None:
 
 
 class Reconciler:
-    def __init__(self, store: Store, client: MetricaClient, zone: ZoneInfo) -> None:
+    def __init__(
+        self, store: Store, client: MetricaClient, zone: ZoneInfo, *, page: int = PAGE
+    ) -> None:
         self._store = store
         self._client = client
         self._zone = zone
+        self._page = page
         self._lock = asyncio.Lock()
         self._verdicts: dict[str, str | None] = {}
 
@@ -70,7 +82,7 @@ class Reconciler:
             # Uploads first, then our own records of them: every upload in the list had its
             # intent written before it was sent, so reading the intents afterwards finds it
             # either still open (a rival) or resolved (known) — never unaccounted for.
-            uploads = await self._client.last_uploadings(limit=1000)
+            uploads = await self._listed(since, until + SKEW)
             same_size = [
                 other
                 for other in await asyncio.to_thread(
@@ -115,3 +127,22 @@ class Reconciler:
             ambiguous=ambiguous,
         )
         return match
+
+    async def _listed(self, since: datetime, until: datetime) -> list[dict[str, object]]:
+        """Uploads listed strictly before ``until`` back to ``since`` (or ``MAX_PAGES``)."""
+        offset = until.replace(microsecond=0) + timedelta(seconds=1)  # to the second
+        found: dict[str, dict[str, object]] = {}
+        for _ in range(MAX_PAGES):
+            page = await self._client.last_uploadings(datetime_offset=offset, limit=self._page)
+            fresh = [u for u in page if str(u.get("uploading_id", "")) not in found]
+            for upload in fresh:
+                found[str(upload.get("uploading_id", ""))] = upload
+            times = [parse_uploading_time(str(u.get("datetime", "")), self._zone) for u in page]
+            known = [t for t in times if t is not None]
+            if len(page) < self._page or not fresh or not known or min(known) < since:
+                break
+            # The list is to the second. Read the oldest second again (the page may have cut it
+            # in two; uploads seen are skipped by id), unless the page is that second alone.
+            oldest, newest = min(known).replace(microsecond=0), max(known).replace(microsecond=0)
+            offset = oldest if oldest == newest else oldest + timedelta(seconds=1)
+        return list(found.values())

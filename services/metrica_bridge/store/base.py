@@ -86,6 +86,10 @@ class OrderState:
     sent: bool = False  # whether Metrica has the order at all
 
 
+WAITS_IDENTITY = "identity"  # the client has no ClientID, phone or email yet
+WAITS_CREATION = "creation"  # the deal's creation time is not known yet (a payment came first)
+
+
 @dataclass(frozen=True, slots=True)
 class ParkedEvent:
     """An event waiting for its client's identity; its offset may already be committed."""
@@ -103,6 +107,7 @@ class ParkedEvent:
     version: int | None
     parked_at: datetime
     timestamp_ms: int | None = None  # the original Kafka record timestamp
+    waits_for: str = "identity"  # WAITS_IDENTITY or WAITS_CREATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +208,12 @@ class Store(Protocol):
         lease_s: float,
         expired_before: datetime,
         limit: int,
+        creation_expired_before: datetime | None = None,
     ) -> list[ParkedEvent]:
-        """Lease parked events of these topics that can move on: their client now has an
-        identifier (``Identity.has_identifier``), or they were parked before ``expired_before``.
+        """Lease parked events of these topics that can move on: what they wait for arrived
+        (their client has an identifier, ``Identity.has_identifier``; or their order's creation
+        time is known), or they were parked before ``expired_before`` (waiting for an identity)
+        or ``creation_expired_before`` (for a creation time; default ``expired_before``).
         Ordered by deal, then (occurred_at, version). Leased events are not returned again until
         the lease expires; they leave the park with ``Changes.unpark``."""
         ...

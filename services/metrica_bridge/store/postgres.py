@@ -317,17 +317,23 @@ class PostgresStore:
         lease_s: float,
         expired_before: datetime,
         limit: int,
+        creation_expired_before: datetime | None = None,
     ) -> list[ParkedEvent]:
         topic_list = unique(topics)
         if not topic_list or limit <= 0:
             return []
+        creation_expired = creation_expired_before or expired_before
         with self._conn("take_ready_parked") as conn:
             rows = conn.execute(
                 "WITH ready AS ("
                 " SELECT p.event_id FROM parked p"
                 " WHERE p.topic = ANY(%(topics)s) AND p.lease_expires_at <= now()"
-                "  AND (p.parked_at < %(expired)s OR EXISTS (SELECT 1 FROM identities i"
-                "   WHERE i.client_uniq_id = p.client_uniq_id AND i.has_identifier))"
+                "  AND (CASE WHEN EXISTS (SELECT 1 FROM identities i"
+                "    WHERE i.client_uniq_id = p.client_uniq_id AND i.has_identifier)"
+                "   THEN p.waits_for = 'identity' OR p.parked_at < %(creation_expired)s"
+                "    OR EXISTS (SELECT 1 FROM orders o"
+                "     WHERE o.deal_id = p.deal_id AND o.created_at IS NOT NULL)"
+                "   ELSE p.parked_at < %(expired)s END)"
                 " ORDER BY p.deal_id, p.occurred_at, p.version NULLS FIRST, p.topic,"
                 "  p.kafka_partition, p.kafka_offset, p.event_id"
                 " LIMIT %(limit)s FOR UPDATE OF p SKIP LOCKED)"
@@ -337,10 +343,11 @@ class PostgresStore:
                 " RETURNING parked.event_id, parked.topic, parked.kafka_partition,"
                 "  parked.kafka_offset, parked.record_key, parked.record_value, parked.headers,"
                 "  parked.client_uniq_id, parked.deal_id, parked.occurred_at, parked.version,"
-                "  parked.parked_at, parked.timestamp_ms",
+                "  parked.parked_at, parked.timestamp_ms, parked.waits_for",
                 {
                     "topics": topic_list,
                     "expired": utc(expired_before),
+                    "creation_expired": utc(creation_expired),
                     "limit": limit,
                     "owner": owner,
                     "lease": lease_s,
@@ -361,6 +368,7 @@ class PostgresStore:
                 version=row[10],
                 parked_at=utc(row[11]),
                 timestamp_ms=row[12],
+                waits_for=row[13],
             )
             for row in rows
         ]
@@ -575,12 +583,12 @@ def _apply(conn: Conn, changes: Changes) -> None:
         conn.execute(
             "INSERT INTO parked (event_id, topic, kafka_partition, kafka_offset, record_key,"
             " record_value, headers, client_uniq_id, deal_id, occurred_at, version, parked_at,"
-            " timestamp_ms)"
-            " SELECT e, t, pa, o, k, v, h::jsonb, c, d, oa, ve, pk, ts"
+            " timestamp_ms, waits_for)"
+            " SELECT e, t, pa, o, k, v, h::jsonb, c, d, oa, ve, pk, ts, w"
             " FROM unnest(%s::text[], %s::text[], %s::integer[], %s::bigint[], %s::bytea[],"
             "  %s::bytea[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],"
-            "  %s::bigint[], %s::timestamptz[], %s::bigint[])"
-            "  AS x(e, t, pa, o, k, v, h, c, d, oa, ve, pk, ts)"
+            "  %s::bigint[], %s::timestamptz[], %s::bigint[], %s::text[])"
+            "  AS x(e, t, pa, o, k, v, h, c, d, oa, ve, pk, ts, w)"
             " ON CONFLICT (event_id) DO NOTHING",
             (
                 [p.event_id for p in park],
@@ -596,6 +604,7 @@ def _apply(conn: Conn, changes: Changes) -> None:
                 [p.version for p in park],
                 [utc(p.parked_at) for p in park],
                 [p.timestamp_ms for p in park],
+                [p.waits_for for p in park],
             ),
         )
     if changes.unpark:

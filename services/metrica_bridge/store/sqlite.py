@@ -410,23 +410,28 @@ class SqliteStore:
         lease_s: float,
         expired_before: datetime,
         limit: int,
+        creation_expired_before: datetime | None = None,
     ) -> list[ParkedEvent]:
         topic_list = unique(topics)
         if not topic_list or limit <= 0:
             return []
+        creation_expired = creation_expired_before or expired_before
         marks = ",".join("?" * len(topic_list))
         with self._write("take_ready_parked") as conn:
             now = to_us(now_utc())
             rows = conn.execute(
                 "SELECT p.event_id, p.topic, p.kafka_partition, p.kafka_offset, p.record_key,"
                 " p.record_value, p.headers, p.client_uniq_id, p.deal_id, p.occurred_at,"
-                " p.version, p.parked_at, p.timestamp_ms"
+                " p.version, p.parked_at, p.timestamp_ms, p.waits_for"
                 f" FROM parked p WHERE p.topic IN ({marks}) AND p.lease_expires_at <= ?"
-                " AND (p.parked_at < ? OR EXISTS (SELECT 1 FROM identities i"
-                "  WHERE i.client_uniq_id = p.client_uniq_id AND i.has_identifier = 1))"
+                " AND (CASE WHEN EXISTS (SELECT 1 FROM identities i"
+                "   WHERE i.client_uniq_id = p.client_uniq_id AND i.has_identifier = 1)"
+                "  THEN p.waits_for = 'identity' OR p.parked_at < ? OR EXISTS (SELECT 1"
+                "   FROM orders o WHERE o.deal_id = p.deal_id AND o.created_at IS NOT NULL)"
+                "  ELSE p.parked_at < ? END)"
                 " ORDER BY p.deal_id, p.occurred_at, p.version, p.topic, p.kafka_partition,"
                 " p.kafka_offset, p.event_id LIMIT ?",
-                [*topic_list, now, to_us(expired_before), limit],
+                [*topic_list, now, to_us(creation_expired), to_us(expired_before), limit],
             ).fetchall()
             conn.executemany(
                 "UPDATE parked SET lease_owner = ?, lease_expires_at = ? WHERE event_id = ?",
@@ -447,6 +452,7 @@ class SqliteStore:
                 version=row[10],
                 parked_at=from_us(row[11]),
                 timestamp_ms=row[12],
+                waits_for=row[13],
             )
             for row in rows
         ]
@@ -643,6 +649,7 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
                 p.version,
                 to_us(p.parked_at),
                 p.timestamp_ms,
+                p.waits_for,
             )
             for p in first_per_event(changes.park)
         ]
@@ -650,7 +657,8 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
             lambda c: c.executemany(
                 "INSERT INTO parked (event_id, topic, kafka_partition, kafka_offset, record_key,"
                 " record_value, headers, client_uniq_id, deal_id, occurred_at, version,"
-                " parked_at, timestamp_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " parked_at, timestamp_ms, waits_for)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (event_id) DO NOTHING",
                 park_rows,
             )
