@@ -263,3 +263,61 @@ def test_expected_kind() -> None:
 
 def test_schema_files_cover_every_event_type() -> None:
     assert set(events.SCHEMA_FILES) == set(events.EVENT_TYPES)
+
+
+# -- issue 16: hostile input ---------------------------------------------------------------------
+FUTURE = datetime(3000, 1, 1, tzinfo=UTC)
+LAST_HOURS = datetime(9999, 12, 31, 22, 0, tzinfo=UTC)  # OverflowError in the counter's zone
+
+
+@pytest.mark.parametrize(
+    ("schema_name", "record", "expected"),
+    [
+        (LEAD, _lead(event_id="e\x00"), "event_id: control_character"),
+        (
+            LEAD,
+            _lead(client={"uniq_id": "C1", "name": "Ив\x00ан", "phones": [], "emails": []}),
+            "client.name: control_character",
+        ),
+        (
+            LEAD,
+            _lead(client={"uniq_id": "C1", "phones": ["+7999\x1b5551111"], "emails": []}),
+            "client.phones.0: control_character",
+        ),
+        (LEAD, _lead(yclid="1\x85"), "yclid: control_character"),  # C1 too (NEL)
+        (DEAL, _deal(status="won\n"), "status: control_character"),
+        (PAYMENT, _payment(payment_id="P\x7f"), "payment_id: control_character"),
+        (LEAD, _lead(yclid="1" * (events.MAX_TEXT + 1)), "yclid: string_too_long"),
+        (
+            LEAD,
+            _lead(client={"uniq_id": "C1", "phones": ["1"] * (events.MAX_ITEMS + 1)}),
+            "client.phones: too_long",
+        ),
+        (LEAD, _lead(occurred_at=LAST_HOURS), "occurred_at: value_error"),
+        (DEAL, _deal(occurred_at=FUTURE), "occurred_at: value_error"),
+        (DEAL, _deal(deal_created_at=FUTURE), "deal_created_at: value_error"),
+        (PAYMENT, _payment(deal_created_at=LAST_HOURS), "deal_created_at: value_error"),
+        (PAYMENT, _payment(amount=Decimal("10000000000000000.00")), "amount: decimal_whole_digits"),
+        (DEAL, _deal(currency="new"), "currency: value_error"),
+        (DEAL, _deal(currency="ABC"), "currency: value_error"),
+        (PAYMENT, _payment(currency="XXX"), "currency: value_error"),
+    ],
+)
+def test_hostile_values_are_invalid(
+    schema_name: str, record: dict[str, Any], expected: str
+) -> None:
+    assert expected in _invalid(schema_name, record)
+
+
+def test_times_up_to_the_allowed_skew_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "_max_skew", events._max_skew)  # restored after the test
+    soon = datetime.now(UTC) + timedelta(minutes=30)
+    assert parse_event(DEAL, _deal(occurred_at=soon, deal_created_at=soon)).occurred_at == soon
+    events.set_max_clock_skew(60)
+    assert "occurred_at: value_error" in _invalid(DEAL, _deal(occurred_at=soon))
+    assert "deal_created_at: value_error" in _invalid(DEAL, _deal(deal_created_at=soon))
+
+
+def test_iso_currencies_pass_in_any_case() -> None:
+    assert parse_event(DEAL, _deal(currency="usd")).currency == "USD"
+    assert parse_event(PAYMENT, _payment(currency="KZT")).currency == "KZT"

@@ -9,7 +9,7 @@ import typer
 
 from metrica_bridge.config import ConfigError, load_settings
 from metrica_bridge.events import EventKind
-from metrica_bridge.logs import configure
+from metrica_bridge.logs import configure, redact
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="YAML file; the environment wins over it.")
@@ -31,7 +31,7 @@ def run(
     try:
         settings = load_settings(config)
     except ConfigError as exc:
-        raise SystemExit(f"configuration error: {exc}") from None
+        raise SystemExit(redact(f"configuration error: {exc}")) from None
     configure(settings.log_level, settings.log_format)
     kinds: list[EventKind] = []
     for name in topic or []:

@@ -14,15 +14,32 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from metrica_bridge import normalize
 from metrica_bridge.events import EventKind
+from metrica_bridge.logs import register_secret
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # Settings of ours that start with KAFKA_ but are not librdkafka properties.
 _NOT_LIBRDKAFKA = {"KAFKA_BOOTSTRAP_SERVERS"}
+
+# Variables whose values are secrets (DESIGN.md §6): never printed, logged or put in an error.
+# Each may be given as ``<NAME>_FILE`` instead, the path of a file holding the value (a mounted
+# Kubernetes Secret, a Docker secret); the variable itself wins when both are set.
+SECRET_VARIABLES = frozenset({"METRICA_TOKEN", "STORE_URL", "SCHEMA_REGISTRY_URL"})
+# librdkafka properties that hold secrets: sasl.password, ssl.key.password,
+# ssl.keystore.password, sasl.oauthbearer.client.secret, sasl.jaas.config, ssl.key.pem, ...
+_SECRET_KAFKA_WORDS = ("PASSWORD", "SECRET", "JAAS", "KEY_PEM", "OAUTHBEARER_CONFIG")
 
 
 class ConfigError(ValueError):
@@ -42,6 +59,85 @@ class TimezoneMismatch(ConfigError):
             f"METRICA_TIMEZONE to use {counter_zone}, or set METRICA_TIMEZONE_OVERRIDE=true to "
             f"send dates in {configured} anyway"
         )
+
+
+def is_secret_variable(name: str) -> bool:
+    """Whether ``name`` (an environment variable) holds a secret: never print its value."""
+    name = name.upper()
+    return name in SECRET_VARIABLES or (
+        name.startswith("KAFKA_") and any(word in name for word in _SECRET_KAFKA_WORDS)
+    )
+
+
+def _secret_parts(value: str) -> list[str]:
+    """What of ``value`` must be masked: the whole value, and a URL's password alone (a URL
+    is quoted redacted, ``user:***@host``, so its password can show up on its own)."""
+    parts = [value.strip()]
+    if "://" in value and "@" in value:
+        userinfo = value.split("://", 1)[1].split("@", 1)[0]
+        if ":" in userinfo:
+            parts.append(userinfo.split(":", 1)[1])
+    return [p for p in parts if len(p) >= 4]  # a 1-3 character "secret" would mask everything
+
+
+def _resolve_secret_files(env: Mapping[str, str]) -> dict[str, str]:
+    """``<SECRET>_FILE=/path`` → ``<SECRET>=<the file's content, stripped>`` (METRICA_TOKEN_FILE
+    stays a setting of its own: it may also come from the YAML file)."""
+    out = dict(env)
+    for name, path in env.items():
+        target = name[: -len("_FILE")]
+        if not name.endswith("_FILE") or target == "METRICA_TOKEN":
+            continue
+        if not is_secret_variable(target):
+            continue
+        del out[name]  # not a librdkafka property (KAFKA_SASL_PASSWORD_FILE), not a setting
+        if env.get(target):
+            continue  # the variable itself wins, as METRICA_TOKEN does over its file
+        try:
+            out[target] = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{name} cannot be read: {exc.strerror or type(exc).__name__}"
+            ) from None
+        if not out[target]:
+            raise ConfigError(f"{name} names an empty file")
+    return out
+
+
+def _register_secrets(settings: Settings) -> None:
+    """Every secret setting goes to the log redactor, so a library quoting one (a connection
+    string in an error, a librdkafka line) is masked too."""
+    values = {
+        "STORE_URL": settings.store_url,
+        "SCHEMA_REGISTRY_URL": settings.schema_registry_url or "",
+        "METRICA_TOKEN": settings.metrica_token.get_secret_value()
+        if settings.metrica_token
+        else "",
+    }
+    for prop, value in settings.kafka_properties.items():
+        values["KAFKA_" + prop.upper().replace(".", "_")] = value
+    for name, value in values.items():
+        if value and is_secret_variable(name):
+            for part in _secret_parts(value):
+                register_secret(part)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per invalid setting: the variable's name and the problem, never the value
+    (pydantic's own text quotes the input, which for a model-level check is every setting,
+    secrets included)."""
+    problems: list[str] = []
+    for item in error.errors(include_input=False, include_url=False):
+        loc = [str(part) for part in item.get("loc", ())]
+        if loc[:1] == ["kafka_properties"] and len(loc) > 1:
+            name = "KAFKA_" + loc[1].upper().replace(".", "_")
+        else:
+            name = loc[0].upper() if loc else ""
+        message = str(item.get("msg", "invalid"))
+        if item.get("type") == "value_error":
+            message = message.removeprefix("Value error, ")
+        problems.append(f"{name}: {message}" if name and not message.startswith(name) else message)
+    return "; ".join(dict.fromkeys(problems)) or "invalid configuration"
 
 
 def librdkafka_overrides(environ: Mapping[str, str]) -> dict[str, str]:
@@ -114,6 +210,9 @@ class Settings(BaseModel):
     # payment's time (create_date_time never changes in Metrica: rather late than wrong).
     creation_max_wait_s: float = Field(default=86_400.0, ge=0)
     align_max_wait_s: float = Field(default=30.0, ge=0)
+    # How far past this host's clock an event's times may be; later ones are invalid (a time
+    # from the future would make every later real event of its order stale).
+    max_clock_skew_s: float = Field(default=3_600.0, ge=0, le=31_622_400)
     commit_interval_ms: int = Field(default=1_000, ge=10)
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     ledger_retention_days: int = Field(default=30, ge=1)
@@ -211,7 +310,7 @@ def load_settings(
     **overrides: Any,
 ) -> Settings:
     """YAML file < environment < explicit overrides (from CLI flags)."""
-    env = dict(os.environ if environ is None else environ)
+    env = _resolve_secret_files(os.environ if environ is None else environ)
     file_values: dict[str, Any] = {}
     path = config_file or (
         Path(env["METRICA_BRIDGE_CONFIG"]) if env.get("METRICA_BRIDGE_CONFIG") else None
@@ -230,4 +329,9 @@ def load_settings(
         **librdkafka_overrides(env),
     }
     values = {**file_values, **env_values, **overrides, "kafka_properties": kafka_props}
-    return Settings.model_validate(values)
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    _register_secrets(settings)
+    return settings

@@ -10,7 +10,7 @@ whole event, because a lead with one mistyped phone still carries a usable Clien
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
@@ -18,9 +18,17 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from metrica_bridge import normalize
+from metrica_bridge.currencies import ISO_4217
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Hostile input (docs/decisions.md): C0 and C1 control characters (U+0000 among them, which
+# PostgreSQL refuses in text) make no sense in any CRM string; the whole event is invalid.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_TEXT = 1_000  # characters in any string (identifiers are capped at 255 by NonEmpty)
+MAX_ITEMS = 1_000  # phones, emails, products
+DEFAULT_MAX_CLOCK_SKEW_S = 3_600.0
+_max_skew = timedelta(seconds=DEFAULT_MAX_CLOCK_SKEW_S)
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=255)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=2)]
@@ -44,18 +52,28 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
 
 
+def set_max_clock_skew(seconds: float) -> None:
+    """How far past this host's clock a time may be (``MAX_CLOCK_SKEW_S``); the service sets it
+    once from its settings, before any event is parsed."""
+    global _max_skew
+    _max_skew = timedelta(seconds=seconds)
+
+
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)
     if value < _EPOCH:
         raise ValueError("timestamp before 1970")
+    # A time from the future would make every later real event of the order stale forever.
+    if value > datetime.now(UTC) + _max_skew:
+        raise ValueError("timestamp later than now plus the allowed clock skew")
     return value
 
 
 def _currency(value: str | None) -> str:
     code = (value or "RUB").strip().upper()
-    if not _CURRENCY.match(code):
+    if not _CURRENCY.match(code) or code not in ISO_4217:
         raise ValueError("currency is not an ISO 4217 code")
     return code
 
@@ -217,11 +235,34 @@ SCHEMA_FILES: dict[str, str] = {
 }
 
 
+def _hostile(value: Any, path: str, problems: list[str]) -> None:
+    """Strings with control characters or beyond MAX_TEXT, arrays beyond MAX_ITEMS, anywhere in
+    the decoded record (field locations only: the values may be personal data)."""
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            problems.append(f"{path}: string_too_long")
+        if _CONTROL.search(value):
+            problems.append(f"{path}: control_character")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _hostile(item, f"{path}.{key}" if path else str(key), problems)
+    elif isinstance(value, list | tuple):
+        if len(value) > MAX_ITEMS:
+            problems.append(f"{path}: too_long")
+            return
+        for index, item in enumerate(value):
+            _hostile(item, f"{path}.{index}", problems)
+
+
 def parse_event(schema_name: str, record: dict[str, Any]) -> Event:
     """Validate a decoded Avro record against the event contract."""
     cls = EVENT_TYPES.get(schema_name)
     if cls is None:
         raise InvalidEvent(f"unknown record type {schema_name!r}")
+    problems: list[str] = []
+    _hostile(record, "", problems)
+    if problems:
+        raise InvalidEvent(f"{cls.__name__} violates the contract: {'; '.join(sorted(problems))}")
     try:
         return cls.model_validate(record)
     except ValidationError as exc:

@@ -66,6 +66,20 @@ DLQ_RECORDS = Counter(
     ["topic", "error_class"],
     registry=REGISTRY,
 )
+OLDEST_UNFINISHED = Gauge(
+    PREFIX + "oldest_unfinished_age_seconds",
+    "Age of the oldest consumed event of the partition that is not handled yet (0: none); its"
+    " partition commits nothing past it.",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+DLQ_FAILURES = Counter(
+    PREFIX + "dlq_failures_total",
+    "Failed attempts to produce a dead letter (retried; the source partition commits nothing"
+    " past it until one succeeds).",
+    ["topic"],
+    registry=REGISTRY,
+)
 METRICA_REQUESTS = Counter(
     PREFIX + "metrica_requests_total",
     "Requests to the Metrica API by endpoint and result class.",

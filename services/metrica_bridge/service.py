@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
-from metrica_bridge import normalize, runtime
+from confluent_kafka import KafkaError, KafkaException
+
+from metrica_bridge import events, normalize, runtime
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import ConfigError, Settings, TimezoneMismatch
 from metrica_bridge.engine.align import Alignment
@@ -20,10 +25,10 @@ from metrica_bridge.engine.pipeline import CLAIM_LEASE_S, LEASE_RENEW_S, Batchin
 from metrica_bridge.engine.runner import TopicRunner
 from metrica_bridge.events import EventKind
 from metrica_bridge.health import HealthServer
-from metrica_bridge.kafka.admin import ensure_topics
+from metrica_bridge.kafka.admin import ensure_topics, require_topics
 from metrica_bridge.kafka.producer import Producer
 from metrica_bridge.kafka.settings import for_consumer
-from metrica_bridge.logs import get_logger
+from metrica_bridge.logs import get_logger, redact
 from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrica.errors import MetricaError, RetryExhausted, SetupError
 from metrica_bridge.metrica.quota import QuotaGovernor
@@ -33,22 +38,26 @@ from metrica_bridge.metrica.schema_sync import (
     status_map_problem,
     sync_order_statuses,
 )
-from metrica_bridge.metrica.status_map import StatusMap, load_status_map
+from metrica_bridge.metrica.status_map import StatusMap, StatusMapError, load_status_map
 from metrica_bridge.metrics import SETUP_ERROR
 from metrica_bridge.steps.batch import RequestLimits
 from metrica_bridge.steps.dlq import DeadLetters, dlq_topic
 from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.steps.send import Sender
-from metrica_bridge.store import open_store
+from metrica_bridge.store import open_store, sqlite_path
 from metrica_bridge.store.base import Store
 from metrica_bridge.store.budget import StoreBudget
 
 log = get_logger("metrica_bridge.service")
+_T = TypeVar("_T")
 
 DEFAULT_PARTITIONS = 6
 SETUP_RETRY_S = 30.0  # first re-check of a start-up setup problem; doubles up to the max
 SETUP_RETRY_MAX_S = 900.0  # as the sender's probes: a day of waiting costs ~100 requests
 TRANSIENT_RETRY_S = 2.0  # after a counter lookup that ran out of retries
+DEPENDENCY_RETRY_S = 1.0  # first retry of an unreachable store or broker at start-up
+DEPENDENCY_RETRY_MAX_S = 30.0
+STORE_PING_CACHE_S = 1.0  # /readyz pings the store at most this often
 TRIM_INTERVAL_S = 1.0  # freed heap memory goes back to the OS this often (runtime.trim_malloc)
 
 
@@ -59,7 +68,11 @@ class Service:
         self.runners: dict[str, TopicRunner] = {}
         self.store: Store | None = None
         self.setup_error: str | None = None
+        self.waiting_for: str | None = None  # a dependency start-up waits for (the reason)
         self.started = asyncio.Event()
+        self._ping_lock = threading.Lock()
+        self._ping_ok = False
+        self._ping_until = 0.0
 
     # -- health ------------------------------------------------------------------------------
     def alive(self) -> tuple[bool, str]:
@@ -69,14 +82,25 @@ class Service:
     def ready(self) -> tuple[bool, str]:
         if self.setup_error:
             return False, f"setup error: {self.setup_error}"
+        if self.waiting_for:
+            return False, self.waiting_for
         if not self.started.is_set():
             return False, "starting"
-        if self.store is None or not self.store.ping():
+        if not self._store_reachable():
             return False, "store unreachable"
         idle = [t for t, r in self.runners.items() if not r.assigned]
         if idle:
             return False, f"no partitions assigned for {idle}"
         return True, "ok"
+
+    def _store_reachable(self) -> bool:
+        """The store's ping, asked at most once per ``STORE_PING_CACHE_S``: every probe and
+        scrape of ``/readyz`` would otherwise block a thread on the database."""
+        with self._ping_lock:
+            if time.monotonic() >= self._ping_until:
+                self._ping_ok = self.store is not None and self.store.ping()
+                self._ping_until = time.monotonic() + STORE_PING_CACHE_S
+            return self._ping_ok
 
     def _on_setup_error(self, message: str | None) -> None:
         """Sending stopped for a setup problem (``message``), or resumed (None)."""
@@ -84,55 +108,91 @@ class Service:
         SETUP_ERROR.set(int(message is not None))
 
     # -- run ---------------------------------------------------------------------------------
-    async def run(self, stop: asyncio.Event, health_port: int | None = None) -> None:
+    def _preflight(self) -> StatusMap:
+        """Every setting checked before anything starts: a missing or invalid one is a
+        :class:`ConfigError` naming the variable (one line and exit 1, never a traceback)."""
         s = self.settings
-        normalize.set_default_region(s.phone_default_region)  # before any event is parsed
-        topics = [s.topics()[kind] for kind in self.kinds]
-        health = HealthServer(
-            s.metrics_port if health_port is None else health_port,
-            self.alive,
-            self.ready,
-            host=s.metrics_host,
-        )
-        health.start()
+        s.require_metrica()
+        s.configured_timezone()  # a METRICA_TIMEZONE that is no zone stops here, first
+        _check_store_url(s.store_url)
         try:
-            s.configured_timezone()  # a METRICA_TIMEZONE that is no zone stops here, first
-            self.store = await asyncio.to_thread(open_store, s.store_url)
+            return load_status_map(s.status_map_file)
+        except StatusMapError as exc:
+            raise ConfigError(f"STATUS_MAP_FILE: {exc}") from None
+
+    async def run(self, stop: asyncio.Event, health_port: int | None = None) -> None:
+        """Start everything through one exit stack: whatever fails, at start-up or later, what
+        was started is stopped, in reverse order (consumers, pipeline, producer, client, store,
+        health server), never a consumer left running against a closed store."""
+        s = self.settings
+        statuses = self._preflight()
+        normalize.set_default_region(s.phone_default_region)  # before any event is parsed
+        events.set_max_clock_skew(s.max_clock_skew_s)
+        topics = [s.topics()[kind] for kind in self.kinds]
+        port = s.metrics_port if health_port is None else health_port
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                health = HealthServer(port, self.alive, self.ready, host=s.metrics_host)
+            except OSError as exc:
+                raise ConfigError(
+                    f"METRICS_PORT {port} on {s.metrics_host} cannot be bound: "
+                    f"{exc.strerror or type(exc).__name__}"
+                ) from None
+            health.start()
+            stack.callback(health.stop)
+            store = await self._until_available(
+                "the store", lambda: asyncio.to_thread(open_store, s.store_url), stop
+            )
+            if store is None:
+                return
+            self.store = store
+            stack.callback(store.close)
             codec = Codec.from_dir(s.schemas_dir, s.schema_registry_url)
-            statuses = load_status_map(s.status_map_file)
             if s.create_topics:
                 wanted = {t: DEFAULT_PARTITIONS for t in topics} | {dlq_topic(t): 1 for t in topics}
-                await asyncio.to_thread(ensure_topics, s.kafka_common(), wanted)
+                created = await self._until_available(
+                    "Kafka",
+                    lambda: asyncio.to_thread(_ensure_topics, s.kafka_common(), wanted),
+                    stop,
+                )
+                if created is None:
+                    return
             governor = QuotaGovernor(
                 max_parallel=s.metrica_max_parallel,
                 requests_per_second=s.metrica_requests_per_second,
                 daily_budget=s.metrica_daily_budget,
                 reserve=s.metrica_budget_reserve,
                 quota_day_s=s.metrica_quota_day_s,
-                backend=StoreBudget(self.store),
+                backend=StoreBudget(store),
             )
             await governor.refresh()
             client = MetricaClient.from_settings(s, governor=governor)
-            try:
-                timezone = await self._counter_timezone(client, stop)
-                if timezone is not None and not await self._status_map_agrees(
-                    client, statuses, stop
-                ):
-                    timezone = None
-            except BaseException:
-                await client.aclose()
-                raise
+            stack.push_async_callback(client.aclose)
+            timezone = await self._counter_timezone(client, stop)
+            if timezone is not None and not await self._status_map_agrees(client, statuses, stop):
+                timezone = None
             if timezone is None:  # stopped before the start-up checks passed
-                await client.aclose()
                 return
+            if not s.create_topics:
+                # Nothing creates them here (CREATE_TOPICS=false): a missing <topic>.dlq would
+                # otherwise be found at the first poison record, which then holds its partition.
+                dlqs = [dlq_topic(t) for t in topics]
+                found = await self._until_available(
+                    "the dead-letter topics",
+                    lambda: asyncio.to_thread(require_topics, s.kafka_common(), dlqs),
+                    stop,
+                )
+                if found is None:
+                    return
             producer = Producer.from_settings(s)
+            stack.push_async_callback(asyncio.to_thread, producer.close, 5.0)
             owner = f"mb-{uuid.uuid4().hex[:12]}"
             limits = RequestLimits(s.metrica_max_request_records, s.metrica_max_request_bytes)
             sender = Sender(
-                client, self.store, owner, limits=limits, on_setup_error=self._on_setup_error
+                client, store, owner, limits=limits, on_setup_error=self._on_setup_error
             )
             pipeline = Pipeline(
-                store=self.store,
+                store=store,
                 codec=codec,
                 statuses=statuses,
                 send=sender,
@@ -148,7 +208,13 @@ class Service:
                 topics=s.topics(),
                 hash_identifiers=s.hash_identifiers,
                 owner=owner,
-                reconciler=Reconciler(self.store, client, ZoneInfo(timezone)),
+                reconciler=Reconciler(
+                    store,
+                    client,
+                    ZoneInfo(timezone),
+                    retry_budget_s=s.retry_budget_s,
+                    timeout_s=s.metrica_timeout_s,
+                ),
                 concurrency=s.worker_concurrency,
                 alignment=Alignment(
                     [s.topics()[kind] for kind in EventKind if kind in self.kinds],
@@ -157,22 +223,31 @@ class Service:
                 ),
             )
             pipeline.start()
+            stack.push_async_callback(pipeline.close)
             batcher = pipeline.batcher
             governor.demand = lambda: batcher.waiting() > 0
+            background: list[asyncio.Task[None]] = []
+            stack.callback(_cancel_all, background)  # after the consumers stopped
+
+            async def stop_runners() -> None:
+                batcher.flush_soon()
+                await asyncio.gather(*(r.stop() for r in self.runners.values()))
+
+            stack.push_async_callback(stop_runners)
             for kind in self.kinds:
                 topic = s.topics()[kind]
-                self.runners[topic] = TopicRunner(
+                runner = TopicRunner(
                     topic, s.group_id(kind), for_consumer(s.kafka_common()), pipeline, s
                 )
-            for runner in self.runners.values():
                 await runner.start()
+                self.runners[topic] = runner
             sweeper = ParkSweeper(
                 pipeline,
                 list(self.runners),
                 max_wait_s=s.park_max_wait_s,
                 creation_max_wait_s=s.creation_max_wait_s,
             )
-            background = [
+            background += [
                 asyncio.create_task(sweeper.run(), name="park-sweeper"),
                 asyncio.create_task(self._housekeeping(client, pipeline), name="housekeeping"),
                 asyncio.create_task(_trim_malloc(), name="malloc-trim"),
@@ -183,18 +258,37 @@ class Service:
             await stop.wait()
             log.info("stopping: draining in-flight events", timeout_s=s.shutdown_timeout_s)
             started = time.monotonic()
-            batcher.flush_soon()
-            await asyncio.gather(*(r.stop() for r in self.runners.values()))
-            for task in background:
-                task.cancel()
-            await pipeline.close()
-            await asyncio.to_thread(producer.close, 5.0)
-            await client.aclose()
+            await stack.aclose()
             log.info("stopped", drained_in_s=round(time.monotonic() - started, 2))
-        finally:
-            health.stop()
-            if self.store is not None:
-                self.store.close()
+
+    async def _until_available(
+        self, what: str, attempt: Callable[[], Awaitable[_T]], stop: asyncio.Event
+    ) -> _T | None:
+        """``attempt()``'s result once a dependency that may come back (PostgreSQL, the Kafka
+        cluster) answers; None if stopped first. Meanwhile: alive, not ready (``/readyz`` says
+        what it waits for), one log line per try, again after ``DEPENDENCY_RETRY_S`` doubling
+        up to ``DEPENDENCY_RETRY_MAX_S``. A configuration error is no reason to wait: raised."""
+        retry_s = DEPENDENCY_RETRY_S
+        while True:
+            try:
+                result = await attempt()
+            except ConfigError:
+                raise
+            except Exception as exc:
+                problem = _brief(exc)
+                self.waiting_for = f"waiting for {what}: {problem}"
+                log.error(
+                    f"{what} is unreachable at start-up; retrying",
+                    error=problem,
+                    retry_in_s=retry_s,
+                )
+            else:
+                self.waiting_for = None
+                return result
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), retry_s)
+                return None
+            retry_s = min(retry_s * 2, DEPENDENCY_RETRY_MAX_S)
 
     async def _counter_timezone(self, client: MetricaClient, stop: asyncio.Event) -> str | None:
         """The zone dates are rendered in (None: stopped first): the counter's own
@@ -306,9 +400,14 @@ class Service:
         store, retention = self.store, timedelta(days=self.settings.ledger_retention_days)
         next_purge = 0.0
         while True:
+            # The lease heartbeat first, and on its own: a failed quota refresh must not let
+            # this process's claims lapse (another process would take its deals mid-update).
+            try:
+                await asyncio.to_thread(store.renew_claims, pipeline.owner, CLAIM_LEASE_S)
+            except Exception as exc:
+                log.warning("lease renewal failed", error=f"{type(exc).__name__}: {exc}")
             try:
                 await client.governor.refresh()  # the budget's gauges, every process's count
-                await asyncio.to_thread(store.renew_claims, pipeline.owner, CLAIM_LEASE_S)
                 if time.monotonic() >= next_purge:
                     purged = await asyncio.to_thread(
                         store.purge_ledger, datetime.now(UTC) - retention
@@ -319,6 +418,41 @@ class Service:
             except Exception as exc:
                 log.warning("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(LEASE_RENEW_S)
+
+
+def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+
+
+def _check_store_url(url: str) -> None:
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        sqlite_path(url)  # a ConfigError naming STORE_URL when malformed
+    elif scheme not in ("postgresql", "postgres"):
+        raise ConfigError("STORE_URL: use sqlite:///path or postgresql://user@host/db")
+
+
+def _ensure_topics(config: dict[str, str], wanted: dict[str, int]) -> dict[str, int]:
+    """:func:`ensure_topics`, with a property librdkafka refuses as a configuration error
+    (waiting would not fix it); the value is left out of the message: it may be a password."""
+    try:
+        return ensure_topics(config, wanted, timeout_s=10.0)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.code() == KafkaError._INVALID_ARG:
+            detail = re.sub(r'value "[^"]*"', "value", error.str())
+            raise ConfigError(f"a KAFKA_* property is refused by librdkafka: {detail}") from None
+        raise
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception in one short line, for a log line and ``/readyz``; the log redactor and
+    the health server mask any registered secret in it."""
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def _trim_malloc() -> None:
@@ -360,4 +494,4 @@ def run_service(settings: Settings, kinds: Sequence[EventKind] | None = None) ->
     try:
         asyncio.run(main())
     except ConfigError as exc:
-        raise SystemExit(f"configuration error: {exc}") from None
+        raise SystemExit(redact(f"configuration error: {exc}")) from None

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from metrica_bridge import metrics
-from metrica_bridge.config import Settings
+from metrica_bridge.config import Settings, is_secret_variable
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -65,6 +65,8 @@ SETTINGS_ENV = frozenset(
 
 
 def is_known_env(name: str) -> bool:
+    if name.endswith("_FILE") and is_secret_variable(name.removesuffix("_FILE")):
+        return True  # a secret given as a file (config.load_settings)
     return (
         name in DESIGN_ENV
         or name in LOADER_ENV

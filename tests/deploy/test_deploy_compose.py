@@ -137,3 +137,16 @@ def test_grafana_is_provisioned() -> None:
     dashboards_dir = provider["options"]["path"]
     assert Path(DEPLOY / mounts[dashboards_dir]).resolve() == (GRAFANA / "dashboards").resolve()
     assert (GRAFANA / "dashboards" / "metrica-bridge.json").is_file()
+
+
+def test_published_ports_are_bound_to_loopback_only() -> None:
+    """The sandbox's /_sandbox/faults, Grafana's admin/admin, Kafka, Prometheus, /metrics:
+    nothing of the local stack answers on the network (issue 16, item 17)."""
+    published = {
+        name: [str(p) for p in svc.get("ports", [])] for name, svc in compose()["services"].items()
+    }
+    assert published["sandbox"]
+    assert published["grafana"]
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"

@@ -106,7 +106,7 @@ def _kafka_properties() -> dict[str, str]:
 def test_kafka_variables_are_librdkafka_properties() -> None:
     props = _kafka_properties()
     assert "security.protocol" in props
-    assert "sasl.password" in props
+    assert "sasl.username" in props  # the password is a file: KAFKA_SASL_PASSWORD_FILE
     # librdkafka itself rejects unknown property names at construction time.
     consumer = Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "deploy-test", **props})
     consumer.close()
@@ -117,12 +117,19 @@ def test_librdkafka_rejects_an_unknown_property() -> None:
         Consumer({"bootstrap.servers": "127.0.0.1:9", "group.id": "x", "no.such.property": "1"})
 
 
+_FILE_VALUES = {"METRICA_TOKEN_FILE": "test-token", "STORE_URL_FILE": "postgresql://u:p@db:5432/x"}
+
+
 def _settings_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    token = tmp_path / "token"
-    token.write_text("test-token\n", encoding="utf-8")
+    """The deploy file's variables, each ``<SECRET>_FILE`` pointing at a file of this test."""
     out = {k: v for k, v in env.items() if v != "<from secret>"}
-    out["METRICA_TOKEN_FILE"] = str(token)
-    out.setdefault("STORE_URL", "postgresql://u:p@db:5432/x")
+    out.setdefault("METRICA_TOKEN_FILE", "/var/run/secrets/token")
+    for name in [n for n in out if n.endswith("_FILE") and n != "STATUS_MAP_FILE"]:
+        path = tmp_path / name.lower()
+        path.write_text(_FILE_VALUES.get(name, "secret") + "\n", encoding="utf-8")
+        out[name] = str(path)
+    if "STORE_URL_FILE" not in out:
+        out.setdefault("STORE_URL", "postgresql://u:p@db:5432/x")
     return out
 
 

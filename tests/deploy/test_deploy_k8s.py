@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from metrica_bridge.config import Settings, load_settings
+from metrica_bridge.config import Settings, is_secret_variable, load_settings
 from metrica_bridge.events import EventKind
 from metrica_bridge.metrica.status_map import load_status_map
 from tests.deploy.deploy_support import (
@@ -43,7 +43,7 @@ def _container(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _settings() -> Settings:
-    env = {k: v for k, v in k8s_env().items() if k != "METRICA_TOKEN_FILE"}
+    env = {k: v for k, v in k8s_env().items() if not k.endswith(("TOKEN_FILE", "URL_FILE"))}
     return load_settings(environ=env)
 
 
@@ -93,24 +93,76 @@ def test_token_is_a_mounted_secret_file(topic: str) -> None:
 
     (mount,) = [m for m in container["volumeMounts"] if Path(m["mountPath"]) == token_file.parent]
     assert mount.get("readOnly") is True
-    secret = volumes[mount["name"]]["secret"]
-    assert [i["path"] for i in secret["items"]] == [token_file.name]
+    projected = volumes[mount["name"]]["projected"]
+    assert token_file.name in _secret_files(projected)
     # Readable by the pod's fsGroup (the non-root user), by nobody else.
-    assert secret["defaultMode"] & 0o007 == 0
-    assert secret["defaultMode"] & 0o040
+    assert projected["defaultMode"] & 0o007 == 0
+    assert projected["defaultMode"] & 0o040
     example = load_all(K8S / "secret.example.yaml")[0]
-    assert secret["secretName"] == example["metadata"]["name"]
-    assert {i["key"] for i in secret["items"]} <= set(example["stringData"])
+    example_text = (K8S / "secret.example.yaml").read_text(encoding="utf-8")
+    for source in projected["sources"]:
+        assert source["secret"]["name"] == example["metadata"]["name"]
+        for item in source["secret"]["items"]:
+            if source["secret"].get("optional"):  # a commented-out key of the example
+                assert f"# {item['key']}: " in example_text, item
+            else:
+                assert item["key"] in example["stringData"], item
+
+
+def _secret_files(projected: dict[str, Any]) -> dict[str, bool]:
+    """File name -> whether its Secret key is required, in a projected secrets volume."""
+    return {
+        item["path"]: not source["secret"].get("optional", False)
+        for source in projected["sources"]
+        for item in source["secret"]["items"]
+    }
+
+
+def _file_variables() -> dict[str, str]:
+    """``<SECRET>_FILE`` settings of config.env, the commented template lines included."""
+    text = (K8S / "config.env").read_text(encoding="utf-8")
+    return dict(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*_FILE)=(\S+)$", text, flags=re.MULTILINE))
+
+
+@pytest.mark.parametrize("doc", [*_deployments().values(), *k8s_kind("Job")])
+def test_every_secret_is_a_mounted_file(doc: dict[str, Any]) -> None:
+    """No secret travels as an environment variable (``ps e``, ``kubectl describe``, crash
+    dumps): the token, STORE_URL (its database password) and the Kafka password are files of
+    the secrets volume, named by ``<VARIABLE>_FILE`` (issue 16, item 14)."""
+    container = _container(doc)
+    env_names = {e["name"] for e in container.get("env", [])} | set(k8s_env())
+    secrets = sorted(n for n in env_names if is_secret_variable(n))
+    assert not secrets, f"secrets passed as variables: {secrets}"
+    files = _file_variables()
+    assert {"METRICA_TOKEN_FILE", "STORE_URL_FILE", "KAFKA_SASL_PASSWORD_FILE"} <= set(files)
+    mounts = {Path(m["mountPath"]): m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in _pod(doc)["volumes"]}
+    for name, value in files.items():
+        if name == "STATUS_MAP_FILE":
+            continue
+        assert is_secret_variable(name.removesuffix("_FILE")), name
+        path = Path(value)
+        projected = volumes[mounts[path.parent]]["projected"]
+        required = _secret_files(projected)
+        assert path.name in required, name
+        # Set in config.env (not commented out) only when the Secret must hold the key.
+        assert required[path.name] == (name in k8s_env()), name
 
 
 @pytest.mark.parametrize("topic", TOPICS)
 def test_store_url_comes_from_the_secret(topic: str) -> None:
-    container = _container(_deployments()[topic])
-    env = {e["name"]: e for e in container["env"]}
-    ref = env["STORE_URL"]["valueFrom"]["secretKeyRef"]
+    doc = _deployments()[topic]
+    path = Path(k8s_env()["STORE_URL_FILE"])
+    (mount,) = [m for m in _container(doc)["volumeMounts"] if Path(m["mountPath"]) == path.parent]
+    projected = {v["name"]: v for v in _pod(doc)["volumes"]}[mount["name"]]["projected"]
+    (key,) = [
+        i["key"]
+        for s in projected["sources"]
+        for i in s["secret"]["items"]
+        if i["path"] == path.name
+    ]
     example = load_all(K8S / "secret.example.yaml")[0]
-    assert ref["name"] == example["metadata"]["name"]
-    assert example["stringData"][ref["key"]].startswith("postgresql://")
+    assert example["stringData"][key].startswith("postgresql://")
     assert "STORE_URL" not in k8s_env()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -106,3 +108,46 @@ def test_offsets_must_increase() -> None:
         tracker.add("t", 0, 10)
     with pytest.raises(ValueError, match="not after"):
         tracker.add("t", 0, 3)
+
+
+def test_add_all_tracks_a_batch_all_or_nothing() -> None:
+    """Issue 16, item 18: a bad offset mid-batch used to leave the records before it tracked,
+    never handed to the engine, so the partition never committed again."""
+    tracker = OffsetTracker()
+    tracker.add_all([("t", 0, 5), ("t", 1, 0)])
+    with pytest.raises(ValueError, match="not after"):
+        tracker.add_all([("t", 0, 6), ("t", 1, 1), ("t", 0, 6), ("t", 0, 7)])
+    assert tracker.in_flight() == 2  # nothing of the refused batch
+    with pytest.raises(ValueError, match="not after"):
+        tracker.add_all([("t", 2, 3), ("t", 0, 4)])
+    assert tracker.partitions() == [("t", 0), ("t", 1)]  # not even the new partition
+    tracker.add_all([("t", 0, 6), ("t", 1, 1)])
+    for partition, offset in ((0, 5), (0, 6), (1, 0), (1, 1)):
+        tracker.complete("t", partition, offset)
+    assert tracker.committable() == {("t", 0): 7, ("t", 1): 2}
+
+
+def test_one_stuck_offset_counts_everything_behind_it() -> None:
+    """Issue 16, item 4: handled offsets behind an unhandled one are not committable; they are
+    what backpressure must count, or the partition consumes on and commits nothing."""
+    tracker = OffsetTracker()
+    tracker.add_all(("t", 0, offset) for offset in range(1_000))
+    for offset in range(1, 1_000):
+        tracker.complete("t", 0, offset)
+    assert tracker.in_flight() == 1
+    assert tracker.uncommittable() == 1_000
+    assert tracker.committable() == {("t", 0): 0}
+
+
+def test_the_age_of_the_oldest_unfinished_offset_per_partition() -> None:
+    tracker = OffsetTracker()
+    tracker.add_all([("t", 0, 7), ("t", 0, 8), ("t", 1, 3)])
+    consumed = time.monotonic()
+    tracker.complete("t", 0, 8)
+    ages = tracker.oldest_unfinished_age(consumed + 60)
+    assert set(ages) == {("t", 0), ("t", 1)}
+    assert 60 <= ages[("t", 0)] < 61  # offset 7 still holds partition 0
+    tracker.complete("t", 0, 7)
+    tracker.complete("t", 1, 3)
+    assert tracker.oldest_unfinished_age() == {}
+    assert tracker.uncommittable() == 0

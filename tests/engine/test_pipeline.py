@@ -5,108 +5,39 @@ the deal's own events are in the same round."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from pydantic import SecretStr
 
-from metrica_bridge.codec import Codec
-from metrica_bridge.config import PROJECT_ROOT
 from metrica_bridge.engine.parking import ParkSweeper
-from metrica_bridge.engine.pipeline import Batching, Pipeline, _Round
+from metrica_bridge.engine.pipeline import _Round
 from metrica_bridge.engine.work import Work
-from metrica_bridge.events import EventKind
-from metrica_bridge.kafka.admin import ensure_topics
-from metrica_bridge.kafka.producer import Producer
-from metrica_bridge.metrica.client import MetricaClient
-from metrica_bridge.metrica.status_map import parse_status_map
 from metrica_bridge.metrics import REGISTRY
 from metrica_bridge.sandbox import SandboxServer
-from metrica_bridge.steps.dlq import DeadLetters, SourceRecord
+from metrica_bridge.steps.dlq import SourceRecord
 from metrica_bridge.steps.parse import parse
-from metrica_bridge.steps.send import Sender
 from metrica_bridge.store import open_store
 from metrica_bridge.store.base import Changes, LedgerEntry
 from tests.support import crm
+from tests.support.engine import CODEC, Engine, running_engine
 from tests.support.kafka import TopicFactory, consume_all
-from tests.support.stack import COUNTER, STATUS_MAP, TOKEN
+from tests.support.stack import COUNTER
 
-CODEC = Codec.from_dir(PROJECT_ROOT / "schemas")
 PAYMENT = "crm.events.PaymentReceived"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-
-
-@dataclass
-class Engine:
-    pipeline: Pipeline
-    topics: dict[str, str]
-    db: Path
-    done: list[Work] = field(default_factory=list)
-    offsets: dict[str, int] = field(default_factory=dict)
-
-    def feed(
-        self,
-        kind: str,
-        key: str,
-        value: bytes,
-        ts_ms: int | None = None,
-        headers: tuple[tuple[str, bytes], ...] = (),
-    ) -> None:
-        topic = self.topics[kind]
-        offset = self.offsets.get(topic, 0)
-        self.offsets[topic] = offset + 1
-        record = SourceRecord(topic, 0, offset, key.encode(), value, headers, ts_ms)
-        self.pipeline.consume([record], self.done.append)
-
-    async def settle(self, count: int, within_s: float = 30) -> None:
-        deadline = time.monotonic() + within_s
-        while len(self.done) < count:
-            assert time.monotonic() < deadline, f"{len(self.done)} of {count} handled"
-            await asyncio.sleep(0.05)
-
-    def ledger(self) -> dict[str, tuple[str, str, str | None]]:
-        with sqlite3.connect(self.db) as conn:
-            rows = conn.execute("SELECT event_id, outcome, detail, upload_id FROM ledger")
-            return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 
 @pytest.fixture
 async def engine(
     bootstrap: str, topics: TopicFactory, sandbox: SandboxServer, tmp_path: Path
 ) -> AsyncIterator[Engine]:
-    names = topics.crm_topics(1)
-    ensure_topics(bootstrap, {f"{name}.dlq": 1 for name in names.values()})
-    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
-    client = MetricaClient(api_url=sandbox.url, counter_id=COUNTER, token=SecretStr(TOKEN))
-    producer = Producer({"bootstrap.servers": bootstrap})
-    pipeline = Pipeline(
-        store=store,
-        codec=CODEC,
-        statuses=parse_status_map(yaml.safe_load(STATUS_MAP)),
-        send=Sender(client, store, "test-owner"),
-        batching=Batching(max_records=100, max_bytes=1_000_000, linger_s=0.05),
-        dead_letters=DeadLetters(producer),
-        timezone="Europe/Moscow",
-        topics={EventKind(k): v for k, v in names.items()},
-        owner="test-owner",
-    )
-    pipeline.start()
-    try:
-        yield Engine(pipeline, names, tmp_path / "state.db")
-    finally:
-        await pipeline.close()
-        await client.aclose()
-        producer.close(5)
-        store.close()
+    async with running_engine(bootstrap, topics, sandbox, tmp_path, linger_s=0.05) as engine:
+        yield engine
 
 
 def _lead(n: int, deal: str | None, *, client: str = "C1", at: datetime = T0) -> bytes:
@@ -267,14 +198,6 @@ async def test_replay_of_an_event_parked_here_and_finished_elsewhere(
     assert order["order_status"] == "won"
 
 
-async def _ends(engine: Engine, event_id: str, outcome: str, within_s: float = 30) -> None:
-    """Released events complete no offset (theirs committed when they parked): watch the ledger."""
-    deadline = time.monotonic() + within_s
-    while (engine.ledger().get(event_id) or ("",))[0] != outcome:
-        assert time.monotonic() < deadline, engine.ledger().get(event_id)
-        await asyncio.sleep(0.05)
-
-
 def _metrica_time(engine: Engine, at: datetime) -> str:
     return at.astimezone(engine.pipeline.zone).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -298,9 +221,9 @@ async def test_a_payment_waits_in_the_park_for_the_deals_creation_time(
     # The status parks behind the deal's parked payment, to keep the deal's order; it waits for
     # nothing else and leaves at the next sweep, then the payment it brought the time for.
     assert await sweeper.sweep() == 1
-    await _ends(engine, "status-1", "delivered")
+    await engine.ends("status-1", "delivered")
     assert await sweeper.sweep() == 1
-    await _ends(engine, "payment-1", "delivered")
+    await engine.ends("payment-1", "delivered")
     [order] = sandbox.orders(COUNTER)
     assert order["create_date_time"] == _metrica_time(engine, T0 - timedelta(minutes=5))
     paid = engine.pipeline.statuses.paid.id
@@ -321,7 +244,7 @@ async def test_a_payment_that_waited_its_whole_time_creates_the_order_by_rule(
     engine.feed("payment-received", "D1", _payment(1, "D1"))
     await engine.settle(2)
     assert await sweeper.sweep() == 1
-    await _ends(engine, "payment-1", "delivered")
+    await engine.ends("payment-1", "delivered")
     [order] = sandbox.orders(COUNTER)
     assert order["create_date_time"] == _metrica_time(engine, T0 + timedelta(minutes=30))
     after = REGISTRY.get_sample_value(
@@ -367,3 +290,26 @@ async def test_a_deal_moved_to_another_client_is_relinked_after_its_contact(
     # The new client's contact was in Metrica before the order named it.
     later = [u["endpoint"] for u in sandbox.uploads(COUNTER)[before:]]
     assert later[-1] == "orders"
+
+
+async def test_a_record_too_large_for_the_dlq_goes_as_a_stub_and_the_partition_moves_on(
+    engine: Engine, sandbox: SandboxServer, bootstrap: str
+) -> None:
+    """Issue 16, item 5: 2 MB of garbage fails MSG_SIZE_TOO_LARGE every time it is produced
+    whole; it goes headers-only, saying so, and the record behind it is handled."""
+    engine.feed("deal-status-changed", "D9", b"\x00" * 2_000_000)
+    engine.feed("lead-created", "L1", _lead(1, "D1"))
+    engine.feed("deal-status-changed", "D1", _status(1, "D1", "won", 1))
+    await engine.settle(3)
+    ledger = engine.ledger()
+    assert ledger[f"@{engine.topics['deal-status-changed']}:0:0"][:2] == (
+        "dead_lettered",
+        "decode_error",
+    )
+    assert ledger["status-1"][0] == "delivered"
+    [dead] = consume_all(bootstrap, f"{engine.topics['deal-status-changed']}.dlq", 1)
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert dead.value is None
+    assert headers["dlq.value.dropped"] == str(2_000_000 + 2)  # the value and the key "D9"
+    assert headers["dlq.original.offset"] == "0"
+    assert "too large for the DLQ" in headers["dlq.error.message"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from metrica_bridge.metrics import ErrorClass
 from metrica_bridge.replay.options import ReplayOptions, parse_when
 from metrica_bridge.replay.records import DlqRecord, Verdict, judge
+from metrica_bridge.steps.dlq import VALUE_DROPPED
 
 
 def _record(
@@ -87,3 +89,13 @@ def test_replayed_headers_keep_the_original_ones_and_count_up() -> None:
         ("trace-id", b"t"),
         ("dlq.replay.count", b"3"),
     ]
+
+
+def test_a_stub_whose_value_stayed_behind_is_refused() -> None:
+    """A dead letter too large for the DLQ holds headers only: replaying it would publish an
+    empty value (issue 16, item 5)."""
+    whole = _record("rejected")
+    stub = dataclasses.replace(whole, value=None, headers=(*whole.headers, (VALUE_DROPPED, b"9")))
+    options = ReplayOptions("x.dlq")
+    assert judge(whole, options) is Verdict.REPLAY
+    assert judge(stub, options) is Verdict.REFUSE

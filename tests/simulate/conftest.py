@@ -10,7 +10,7 @@ from metrica_bridge.codec import Codec
 from metrica_bridge.config import Settings
 from metrica_bridge.simulate import SimulatedMessage, SimulationConfig, generate
 
-NOW_MS = 1_800_000_000_000  # a fixed "now": the stream is then byte-for-byte reproducible
+NOW_MS = 1_760_000_000_000  # a fixed "now" in the past (a future one is invalid): reproducible
 
 
 @pytest.fixture(scope="session")

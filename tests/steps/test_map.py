@@ -283,3 +283,15 @@ def test_a_payment_in_another_currency_is_invalid_and_never_added_up() -> None:
     assert isinstance(
         mapping.on_payment(eur, payment(NOW, "P9", "1"), STATUSES, NOW), mapping.Invalid
     )
+
+
+def test_payments_adding_up_beyond_the_schemas_precision_are_invalid() -> None:
+    """Issue 16: each payment fits decimal(18, 2), their sum does not; it must be a verdict, not
+    an exception raised on every attempt."""
+    at = NOW - timedelta(hours=1)
+    first = applied(
+        mapping.on_payment(None, payment(at, "P1", "9999999999999999.99"), STATUSES, NOW)
+    )
+    verdict = mapping.on_payment(first, payment(at, "P2", "0.01"), STATUSES, NOW)
+    assert isinstance(verdict, mapping.Invalid)
+    assert "precision" in verdict.reason

@@ -7,9 +7,10 @@ put in a DLQ header.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from io import BytesIO
@@ -134,6 +135,35 @@ class Codec:
             raise DecodeError(f"unknown single-object format version 0x{value[1]:02x}")
         raise DecodeError(f"unknown schema fingerprint {value[2:_SINGLE_OBJECT_HEADER].hex()}")
 
+    def unresolved(self, values: Iterable[bytes | None]) -> set[int]:
+        """Schema ids of Confluent-framed ``values`` that :meth:`decode` would have to ask the
+        registry for: not cached, not known to be unknown, the registry not known to be down.
+        A dictionary look-up each, no request: the caller resolves them (:meth:`resolve`) off
+        the event loop first, so that decoding them there never waits for the network."""
+        if self._registry is None:
+            return set()
+        now = self._clock()
+        if self._registry_down_until > now:
+            return set()
+        ids: set[int] = set()
+        for value in values:
+            if value and len(value) >= _CONFLUENT_HEADER and value[0] == 0x00:
+                schema_id = int.from_bytes(value[1:_CONFLUENT_HEADER], "big")
+                if schema_id not in self._by_id:
+                    unknown = self._unknown_ids.get(schema_id)
+                    if unknown is None or unknown[0] <= now:
+                        ids.add(schema_id)
+        return ids
+
+    def resolve(self, schema_ids: Iterable[int]) -> None:
+        """Ask the registry for these schema ids now (blocking: call it in a worker thread).
+        Nothing is raised: what it learns is remembered for :meth:`decode` to answer at once,
+        the schema, or that the id is unknown (``DecodeError``), or that the registry is down
+        (``SchemaUnavailable`` for ``outage_backoff_s`` after the failed call ended)."""
+        for schema_id in sorted(schema_ids):
+            with contextlib.suppress(DecodeError):
+                self._writer_for_id(schema_id)
+
     def _writer_for_id(self, schema_id: int) -> WriterSchema:
         entry = self._by_id.get(schema_id)
         if entry is not None:
@@ -156,7 +186,9 @@ class Codec:
                     schema_id, self._registry.schema_by_id(schema_id)
                 )
             except SchemaUnavailable as exc:
-                self._registry_down_until = now + self._outage_backoff_s
+                # From when the failed call ended, not began: a call that waited out its
+                # timeout must not leave the next decode to wait for another one at once.
+                self._registry_down_until = self._clock() + self._outage_backoff_s
                 self._registry_down_reason = exc.reason
                 log.warning("schema registry unavailable", schema_id=schema_id, reason=exc.reason)
                 raise

@@ -11,6 +11,7 @@ engine, in the lane of their deal, behind live events of the same deal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
@@ -18,8 +19,8 @@ from metrica_bridge.engine.pipeline import Pipeline, parked_source
 from metrica_bridge.events import Event
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrics import EVENTS_RELEASED, PARKED
-from metrica_bridge.steps.parse import parse
-from metrica_bridge.store.base import WAITS_CREATION, Identity, ParkedEvent
+from metrica_bridge.steps.parse import parse, resolve_schemas
+from metrica_bridge.store.base import WAITS_CREATION, Changes, Identity, ParkedEvent
 
 log = get_logger("metrica_bridge.engine.parking")
 
@@ -82,37 +83,80 @@ class ParkSweeper:
             self._batch,
             creation_expired_before,
         )
-        PARKED.set(await asyncio.to_thread(store.parked_count))
         if not taken:
+            PARKED.set(await asyncio.to_thread(store.parked_count))
             return 0
-        identities = await asyncio.to_thread(store.identities, {p.client_uniq_id for p in taken})
-        released = expired = 0
+        # What cannot be handled now (the registry or the store down) is not left leased: the
+        # heartbeat would renew its lease forever. Its lease ends, and a next sweep takes it.
+        try:
+            PARKED.set(await asyncio.to_thread(store.parked_count))
+            identities = await asyncio.to_thread(
+                store.identities, {p.client_uniq_id for p in taken}
+            )
+            await resolve_schemas(self._pipeline.codec, (parked_source(p) for p in taken))
+        except Exception:
+            with contextlib.suppress(Exception):  # else they lapse with the lease
+                await self._unlease(taken)
+            raise
+        counts = (0, 0)  # released, unattributable
+        failed: list[ParkedEvent] = []
+        error: Exception | None = None
         for parked in taken:
-            if not expires(parked, identities.get(parked.client_uniq_id), expired_before):
-                # Ready, as far as the store knew a moment ago; the engine looks again (consent
-                # may have been withdrawn since) and puts it back in the park if it must wait.
-                # A payment waiting for its deal's creation time is taken when the order has one,
-                # or when it waited its whole time: then the order is created at its time.
-                event = self._parse(parked)
-                waited_all = (
-                    parked.waits_for == WAITS_CREATION
-                    and parked.parked_at < creation_expired_before
+            try:
+                counts = self._release(
+                    parked, identities, now, expired_before, creation_expired_before, counts
                 )
-                self._pipeline.release(parked, event, None, creation_waited=waited_all)
-                if event is not None:
-                    EVENTS_RELEASED.labels(topic=parked.topic).inc()
-                    released += 1
-                    continue
-            else:
-                waited = int((now - parked.parked_at).total_seconds())
-                self._pipeline.release(
-                    parked,
-                    self._parse(parked),
-                    f"no ClientID, phone or email for the client after {waited}s",
-                )
-            expired += 1
-        log.info("park sweep", released=released, unattributable=expired)
+            except Exception as exc:
+                failed.append(parked)
+                error = exc
+        if failed:
+            log.warning(
+                "parked events not released; their lease ends",
+                count=len(failed),
+                error=f"{type(error).__name__}: {error}",
+            )
+            with contextlib.suppress(Exception):  # else they lapse with the lease
+                await self._unlease(failed)
+        log.info("park sweep", released=counts[0], unattributable=counts[1])
         return len(taken)
+
+    async def _unlease(self, parked: list[ParkedEvent]) -> None:
+        await asyncio.to_thread(
+            self._pipeline.store.apply, Changes(unlease=[p.event_id for p in parked])
+        )
+
+    def _release(
+        self,
+        parked: ParkedEvent,
+        identities: dict[str, Identity],
+        now: datetime,
+        expired_before: datetime,
+        creation_expired_before: datetime,
+        counts: tuple[int, int],
+    ) -> tuple[int, int]:
+        """Hand one leased event to the engine; the counts (released, unattributable) after."""
+        released, expired = counts
+        if not expires(parked, identities.get(parked.client_uniq_id), expired_before):
+            # Ready, as far as the store knew a moment ago; the engine looks again (consent
+            # may have been withdrawn since) and puts it back in the park if it must wait.
+            # A payment waiting for its deal's creation time is taken when the order has one,
+            # or when it waited its whole time: then the order is created at its time.
+            event = self._parse(parked)
+            waited_all = (
+                parked.waits_for == WAITS_CREATION and parked.parked_at < creation_expired_before
+            )
+            self._pipeline.release(parked, event, None, creation_waited=waited_all)
+            if event is not None:
+                EVENTS_RELEASED.labels(topic=parked.topic).inc()
+                return released + 1, expired
+        else:
+            waited = int((now - parked.parked_at).total_seconds())
+            self._pipeline.release(
+                parked,
+                self._parse(parked),
+                f"no ClientID, phone or email for the client after {waited}s",
+            )
+        return released, expired + 1
 
     def _parse(self, parked: ParkedEvent) -> Event | None:
         """The parked record read again (it was valid when it parked)."""

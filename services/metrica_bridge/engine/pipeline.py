@@ -42,6 +42,7 @@ from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.errors import RetryExhausted
 from metrica_bridge.metrica.status_map import StatusMap
 from metrica_bridge.metrics import (
+    DLQ_FAILURES,
     END_TO_END_LATENCY,
     ORDER_RULES,
     ORDERS_OUTSIDE_WINDOW,
@@ -53,7 +54,7 @@ from metrica_bridge.steps import map as mapping
 from metrica_bridge.steps.batch import Ack, Batcher, Endpoint, Pending, RequestLimits, SendFn
 from metrica_bridge.steps.dedupe import Dedupe
 from metrica_bridge.steps.dlq import DeadLetters, SourceRecord, is_replay
-from metrica_bridge.steps.parse import parse
+from metrica_bridge.steps.parse import parse, resolve_schemas
 from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.steps.record import Recorder
 from metrica_bridge.steps.send import Rejected
@@ -61,11 +62,14 @@ from metrica_bridge.store.base import (
     WAITS_CREATION,
     WAITS_IDENTITY,
     Changes,
+    ClaimLost,
+    Claims,
     Identity,
     LedgerEntry,
     OrderState,
     ParkedEvent,
     Store,
+    StoreError,
     UploadIntent,
 )
 
@@ -77,6 +81,9 @@ UPLOADED_CACHE = 20_000  # clients; filled early in a stream, so memory stays fl
 ROUND_MAX = 2_000  # events read and decided together: one store round trip each
 TICK_S = 0.05  # timers (retries, linger of held events) are looked at this often
 RETRY_INFRA_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+# A record whose own handling raised this many times (the same bytes, the same code: it will
+# raise again) ends as invalid_event instead of being retried forever (DESIGN.md §5).
+MAX_RECORD_FAILURES = 5
 CLAIM_WAIT_S = (0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0)
 
 
@@ -100,6 +107,7 @@ class _Round:
     orders: dict[str, OrderState]
     inflight: dict[str, UploadIntent]  # event id -> an earlier upload that carried it
     taken: set[str] = field(default_factory=set)  # by a work of this round already
+    epochs: dict[str, int] = field(default_factory=dict)  # claimed deal -> its claim's epoch
 
 
 class Pipeline:
@@ -148,6 +156,7 @@ class Pipeline:
         self._active: set[Work] = set()  # started, not yet recorded
         self._finished: list[Work] = []  # to be recorded by the next cycle
         self._release_claims: list[str] = []  # claims of work that went back to its lane
+        self._release_epochs: dict[str, int] = {}  # their epochs, when known (the fence)
         self._dead: list[tuple[Work, ErrorClass, str]] = []  # to be produced to the DLQ
         self._tasks: set[asyncio.Task[None]] = set()
         self._released = 0  # released parked events queued or running
@@ -285,6 +294,11 @@ class Pipeline:
     # -- a round -------------------------------------------------------------------------------
     async def _start(self, batch: list[Work]) -> None:
         self._active.update(batch)
+        # Schema ids the codec has not seen are asked of the registry off the loop (issue 16).
+        await resolve_schemas(
+            self.codec,
+            (w.source for w in batch if w.event is None and w.poison is None and w.expired is None),
+        )
         ready: list[Work] = []
         for work in batch:
             if work.event is None and work.poison is None and work.expired is None:
@@ -292,6 +306,9 @@ class Pipeline:
                     parsed = parse(self.codec, self.kinds, work.source)
                 except SchemaUnavailable as exc:
                     self._retry(work, exc)
+                    continue
+                except Exception as exc:  # this record's fault, or a bug: it alone waits
+                    self._fail(work, exc)
                     continue
                 if isinstance(parsed, tuple):
                     work.poison = parsed
@@ -325,11 +342,12 @@ class Pipeline:
             try:
                 self._decide(work, state)
             except Exception as exc:
-                self._retry(work, exc)
+                self._fail(work, exc)
         # Claimed for work that did not take it after all (it failed on the way): let it go now
         # rather than when the lease lapses.
         taken = {w.claim for w in ready if w.claim is not None}
         self._release_claims.extend(state.claimed - taken)
+        self._release_epochs.update({d: e for d, e in state.epochs.items() if d not in taken})
 
     def _read(self, batch: list[Work], known: dict[str, str], missing: list[str]) -> _Round:
         """Everything the round needs from the store (runs in a worker thread)."""
@@ -370,7 +388,7 @@ class Pipeline:
             deal = _deal(work)
             if _bindable(identities.get(_client(work))) and (work.released or deal not in parked):
                 claims.append(deal)
-        claimed = store.claim_orders(claims, self.owner, CLAIM_LEASE_S) if claims else set()
+        claimed = store.claim_orders(claims, self.owner, CLAIM_LEASE_S) if claims else Claims()
         states = store.orders(claimed) if claimed else {}
         inflight: dict[str, UploadIntent] = {}
         if claimed and self.reconciler is not None:
@@ -380,7 +398,9 @@ class Pipeline:
                 if w.event is not None and getattr(w.event, "deal_id", None) in claimed
             ]
             inflight = store.inflight(ids)
-        return _Round(previous, identities, parked, claimed, states, inflight)
+        return _Round(
+            previous, identities, parked, claimed, states, inflight, epochs=claimed.epochs
+        )
 
     def _repeat(self, work: Work, previous: str | None) -> bool:
         """Seen before, and not coming back the ways an event may come back: a DLQ replay is
@@ -446,6 +466,7 @@ class Pipeline:
             self._back(work, delay)
             return False
         work.claim = deal
+        work.epoch = state.epochs.get(deal)
         state.taken.add(deal)
         event = work.event
         now = datetime.now(UTC)
@@ -638,15 +659,19 @@ class Pipeline:
     async def _dead_letters(self, items: list[tuple[Work, ErrorClass, str]]) -> None:
         """Produce to the DLQ; an event is recorded dead-lettered only once the broker has
         the record (retried until it does: a crash meanwhile redelivers the original)."""
+        tries = 0
         while items:
             sent = await asyncio.gather(
-                *(self.dead_letters.send(w.source, c, r) for w, c, r in items),
+                *(self.dead_letters.send(w.source, c, r, w.attempts + 1) for w, c, r in items),
                 return_exceptions=True,
             )
             failed = []
+            error = ""
             for (work, error_class, reason), result in zip(items, sent, strict=True):
                 if isinstance(result, BaseException):
                     failed.append((work, error_class, reason))
+                    DLQ_FAILURES.labels(topic=work.source.topic).inc()
+                    error = f"{type(result).__name__}: {result}"
                     continue
                 log.warning(
                     "dead-lettered",
@@ -656,8 +681,17 @@ class Pipeline:
                 )
                 self._finish(work, Outcome.DEAD_LETTERED, error_class.value)
             if failed:
-                log.error("dead-letter produce failed; retrying", count=len(failed))
-                await asyncio.sleep(RETRY_INFRA_S[0])
+                # Nothing to drop and nowhere else to put it: the partition holds (it commits
+                # nothing past it), the DLQ-failure alert fires, and the wait grows.
+                delay = RETRY_INFRA_S[min(tries, len(RETRY_INFRA_S) - 1)]
+                tries += 1
+                log.error(
+                    "dead-letter produce failed; retrying",
+                    count=len(failed),
+                    error=error,
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
             items = failed
 
     # -- ends ----------------------------------------------------------------------------------
@@ -677,6 +711,26 @@ class Pipeline:
         self._finished.append(work)
         self._wake.set()
 
+    def _fail(self, work: Work, error: Exception) -> None:
+        """Handling this record raised: try it again, alone, unless it has failed so often that
+        it would fail forever; then it ends as invalid_event (type only: the text may quote
+        personal data)."""
+        work.failures += 1
+        if work.failures < MAX_RECORD_FAILURES:
+            self._retry(work, error)
+            return
+        log.error(
+            "event handling keeps failing; dead-lettered",
+            error=f"{type(error).__name__}: {error}",
+            failures=work.failures,
+            **work.log_fields(),
+        )
+        if work.claim is not None:
+            self._release_claims.append(work.claim)
+        work.reset()
+        reason = f"handling failed {work.failures} times: {type(error).__name__}"
+        self._dead_letter(work, ErrorClass.INVALID_EVENT, reason)
+
     def _retry(self, work: Work, error: BaseException | None, *, quiet: bool = False) -> None:
         """An infrastructure failure: the event is not handled; try it again from the start."""
         delay = RETRY_INFRA_S[min(work.attempts, len(RETRY_INFRA_S) - 1)]
@@ -693,6 +747,8 @@ class Pipeline:
     def _back(self, work: Work, delay: float) -> None:
         if work.claim is not None:
             self._release_claims.append(work.claim)
+            if work.epoch is not None:
+                self._release_epochs[work.claim] = work.epoch
         work.reset()
         self._active.discard(work)
         self.lanes.retry(work, time.monotonic() + delay)
@@ -700,41 +756,58 @@ class Pipeline:
     async def _record(self) -> None:
         works, self._finished = self._finished, []
         released, self._release_claims = self._release_claims, []
-        changes = Changes(release_claims=list(released))
-        outcomes: Counter[tuple[str, str]] = Counter()
-        parked: list[LedgerEntry] = []
+        epochs, self._release_epochs = self._release_epochs, {}
+        # One part per work, and one for the claims of work gone back: the store writes them
+        # together, and the recorder leaves out (and names) a part whose claim was lost or that
+        # the store refuses, so one event never holds the others (issue 16).
+        free = Changes(release_claims=list(released), owner=self.owner)
+        free.epochs = {deal: epochs[deal] for deal in released if deal in epochs}
+        whole = Changes(owner=self.owner)
         for work in works:
-            if work.ledger is not None:
-                changes.ledger.append(work.ledger)
-            if work.order_state is not None:
-                changes.orders.append(work.order_state)
-            if work.contact_uploaded is not None:
-                client, fingerprint = work.contact_uploaded
-                changes.contacts_uploaded[client] = fingerprint
-            if work.claim is not None:
-                changes.release_claims.append(work.claim)
-            if work.park is not None:
-                changes.park.append(work.park)
-                parked.append(LedgerEntry(work.park.event_id, work.source.topic, Outcome.PARKED))
-            if work.unpark:
-                changes.unpark.append(work.ledger_id)
-            if work.unlease:
-                changes.unlease.append(work.ledger_id)
-            if work.outcome is not None:
-                outcomes[(work.source.topic, work.outcome)] += 1
+            self._changes(work, whole)
+        whole.ledger.extend(free.ledger)
+        whole.release_claims.extend(free.release_claims)
+        whole.epochs.update(free.epochs)
+
+        def parts() -> list[Changes]:
+            return [*(self._changes(work, Changes(owner=self.owner)) for work in works), free]
+
         try:
-            await self.recorder.apply(changes, outcomes)
+            failed = await self.recorder.record(whole, parts)
         except Exception:
             # Not the store being down (the recorder waits that out): still, nothing finished
             # may be lost, so these go round again with the next cycle.
             self._finished[:0] = works
             self._release_claims[:0] = released
+            self._release_epochs = epochs | self._release_epochs
             raise
-        self.dedupe.remember(changes.ledger)
+        if len(works) in failed:
+            log.error(
+                "releasing claims refused", deals=len(released), error=str(failed[len(works)])
+            )
+        recorded: list[Work] = []
+        for index, work in enumerate(works):
+            error = failed.get(index)
+            if error is None:
+                recorded.append(work)
+            elif isinstance(error, ClaimLost):
+                self._claim_lost(work)
+            elif self._refused(work, error):
+                recorded.append(work)
+        self.recorder.count(
+            Counter((w.source.topic, w.outcome) for w in recorded if w.outcome is not None)
+        )
+        self.dedupe.remember([w.ledger for w in recorded if w.ledger is not None])
         # A copy of a parked event arriving while it waits (a CRM retry) is a duplicate, not a
         # second parked event that would never get an outcome of its own.
-        self.dedupe.remember(parked)
-        for work in works:
+        self.dedupe.remember(
+            [
+                LedgerEntry(w.park.event_id, w.source.topic, Outcome.PARKED)
+                for w in recorded
+                if w.park is not None
+            ]
+        )
+        for work in recorded:
             if (
                 work.outcome == Outcome.DELIVERED
                 and work.ack is not None
@@ -748,6 +821,59 @@ class Pipeline:
                 self._released -= 1
             if work.on_done is not None:
                 work.on_done(work)
+
+    @staticmethod
+    def _changes(work: Work, changes: Changes) -> Changes:
+        """Add what a finished work writes (fenced by its claim) to ``changes``."""
+        if work.ledger is not None:
+            changes.ledger.append(work.ledger)
+        if work.order_state is not None:
+            changes.orders.append(work.order_state)
+        if work.contact_uploaded is not None:
+            client, fingerprint = work.contact_uploaded
+            changes.contacts_uploaded[client] = fingerprint
+        if work.claim is not None:
+            changes.release_claims.append(work.claim)
+            if work.epoch is not None:
+                changes.epochs[work.claim] = work.epoch
+        if work.park is not None:
+            changes.park.append(work.park)
+        if work.unpark:
+            changes.unpark.append(work.ledger_id)
+        if work.unlease:
+            changes.unlease.append(work.ledger_id)
+        return changes
+
+    def _claim_lost(self, work: Work) -> None:
+        """Its lease lapsed and another process took the deal (and may have written a newer
+        state): nothing of it was written; it decides again, from what the store holds now."""
+        log.warning("order claim lost before recording; deciding again", **work.log_fields())
+        work.claim = work.epoch = None  # not ours: nothing to release
+        self._back(work, CLAIM_WAIT_S[0])
+
+    def _refused(self, work: Work, error: StoreError) -> bool:
+        """The store refuses what this work would write, on its own (a value it cannot hold):
+        writing it again fails forever. It ends dead-lettered as ``invalid_event`` with the
+        reason (and none of its order state); True when it ends now, without a ledger entry,
+        because even that was refused (the DLQ has the record)."""
+        log.error(
+            "the store refuses the event's outcome; dead-lettered",
+            error=str(error),
+            outcome=work.outcome,
+            **work.log_fields(),
+        )
+        if work.outcome == Outcome.DEAD_LETTERED:
+            work.ledger = None  # the DLQ holds the record already
+            if work.claim is not None:  # released apart (the heartbeat would renew it forever)
+                self._release_claims.append(work.claim)
+                if work.epoch is not None:
+                    self._release_epochs[work.claim] = work.epoch
+            work.claim = work.epoch = None
+            return True
+        work.order_state = work.contact_uploaded = work.park = work.ledger = None
+        work.unlease = work.unpark = False
+        self._dead_letter(work, ErrorClass.INVALID_EVENT, f"the store refuses it: {error}")
+        return False
 
 
 def _bindable(identity: Identity | None) -> bool:

@@ -19,7 +19,12 @@ from metrica_bridge.engine.offsets import OffsetTracker, TopicPartition
 from metrica_bridge.engine.pipeline import Pipeline
 from metrica_bridge.engine.work import Work
 from metrica_bridge.logs import get_logger
-from metrica_bridge.metrics import EVENTS_CONSUMED, IN_FLIGHT, PARTITIONS_ASSIGNED
+from metrica_bridge.metrics import (
+    EVENTS_CONSUMED,
+    IN_FLIGHT,
+    OLDEST_UNFINISHED,
+    PARTITIONS_ASSIGNED,
+)
 from metrica_bridge.steps.dlq import SourceRecord
 
 log = get_logger("metrica_bridge.engine.runner")
@@ -98,12 +103,9 @@ class TopicRunner:
         if self._stopping:
             return  # not tracked, not committed: the next owner reads them again
         assigned, tracker = self.assigned, self.tracker
-        kept = []
-        for record in records:
-            if (record.topic, record.partition) not in assigned:
-                continue  # revoked while the batch was on its way
-            tracker.add(record.topic, record.partition, record.offset)
-            kept.append(record)
+        # Records of partitions revoked while the batch was on its way are left out.
+        kept = [r for r in records if (r.topic, r.partition) in assigned]
+        tracker.add_all((r.topic, r.partition, r.offset) for r in kept)  # all or nothing
         self.pipeline.consume(kept, self._complete)
         self.pipeline.alignment.at_end(self.topic, (tp for tp in at_end if tp in assigned))
         self._consumed.inc(len(records))
@@ -136,6 +138,8 @@ class TopicRunner:
         offsets = self.tracker.committable(only=revoked)
         for topic, partition in tps:
             self.tracker.revoke(topic, partition)
+            with contextlib.suppress(KeyError):  # not ours to report any more
+                OLDEST_UNFINISHED.remove(topic, str(partition))
         self.assigned.difference_update(revoked)
         PARTITIONS_ASSIGNED.labels(topic=self.topic).set(len(self.assigned))
         self._in_flight.set(self.tracker.in_flight())
@@ -147,7 +151,13 @@ class TopicRunner:
         them are only memory (a quarter of the limit is plenty to keep the engine busy)."""
         limit = self.settings.max_in_flight_events * share
         held = self.pipeline.alignment.held(self.topic)
-        return self.tracker.in_flight() >= limit or held >= max(1.0, limit / 4)
+        return self.tracker.uncommittable() >= limit or held >= max(1.0, limit / 4)
+
+    def _export_oldest(self) -> None:
+        ages = self.tracker.oldest_unfinished_age()
+        for topic, partition in self.assigned:
+            gauge = OLDEST_UNFINISHED.labels(topic=topic, partition=str(partition))
+            gauge.set(ages.get((topic, partition), 0.0))
 
     def _set_paused(self, paused: bool) -> None:
         # Read by the consumer thread before its next poll (a plain attribute: atomic).
@@ -168,6 +178,7 @@ class TopicRunner:
             await asyncio.sleep(min(interval, 0.1))
             in_flight = self.tracker.in_flight()
             IN_FLIGHT.labels(topic=self.topic).set(in_flight)
+            self._export_oldest()
             if self._paused and not self._too_much(share=0.5):
                 self._set_paused(False)
             if time.monotonic() < next_commit:

@@ -35,11 +35,13 @@ class Work:
     creation_waited: bool = False  # waited its whole time for the deal's creation time
     parked_id: str | None = None  # the event id it was parked under
     started: bool = False
-    attempts: int = 0  # infrastructure failures so far (store, broker)
+    attempts: int = 0  # failed attempts so far (store, broker, or the record's own handling)
+    failures: int = 0  # of those, times handling this record itself raised
     claim_waits: int = 0  # times the deal was being updated by someone else
 
     # -- what the event needs --------------------------------------------------------------
     claim: str | None = None  # deal id whose claim this work holds
+    epoch: int | None = None  # that claim's epoch: the fence of what the work writes
     contact: tuple[str, str] | None = None  # (client, fingerprint) awaiting Metrica's ack
     order: dict[str, Any] | None = None  # rendered order record to send after the contact
     intent: UploadIntent | None = None  # an earlier run's upload that may have carried it
@@ -86,7 +88,7 @@ class Work:
 
     def reset(self) -> None:
         """Back to the start (a retry after an infrastructure failure)."""
-        self.claim = self.contact = self.order = self.intent = None
+        self.claim = self.epoch = self.contact = self.order = self.intent = None
         self.ledger = self.outcome = self.order_state = self.contact_uploaded = None
         self.park = self.ack = None
         self.unpark = self.unlease = False

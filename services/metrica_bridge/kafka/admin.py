@@ -50,6 +50,19 @@ def list_topics(config: KafkaConfig | AdminClient, *, timeout_s: float = 10.0) -
     }
 
 
+def require_topics(
+    config: KafkaConfig, names: Iterable[str], *, timeout_s: float = 10.0
+) -> dict[str, int]:
+    """The partition counts of ``names``; :class:`TopicError` naming those the cluster lacks."""
+    found = list_topics(config, timeout_s=timeout_s)
+    missing = sorted(set(names) - found.keys())
+    if missing:
+        raise TopicError(
+            f"missing topics: {', '.join(missing)} (create them, or set CREATE_TOPICS)"
+        )
+    return {name: found[name] for name in names}
+
+
 def ensure_topics(
     config: KafkaConfig,
     topics: Mapping[str, int],

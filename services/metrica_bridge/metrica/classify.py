@@ -142,7 +142,9 @@ def classify_exception(endpoint: str, exc: httpx.HTTPError) -> TransientError:
     """Transport failures. Only a failure to connect proves the request never left."""
     name = type(exc).__name__
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-        return TransientError(f"{name}: request not sent", unclear=False, endpoint=endpoint)
+        return TransientError(
+            f"{name}: request not sent", unclear=False, never_sent=True, endpoint=endpoint
+        )
     return TransientError(f"{name}: request may have been applied", unclear=True, endpoint=endpoint)
 
 

@@ -341,12 +341,14 @@ class MetricaClient:
         fresh = True  # nothing of this request has reached Metrica yet
         while True:
             queued = time.monotonic()
-            async with self.governor.request(paced=paced and fresh):
+            async with self.governor.request(paced=paced and fresh) as ticket:
                 waited += time.monotonic() - queued
                 if fresh and before_send is not None:
                     await before_send()
                 fresh = False
                 outcome = await self._attempt(endpoint, method, url, params, content, rows_sent)
+                if isinstance(outcome, TransientError) and outcome.never_sent:
+                    ticket.refund()  # no connection, nothing reached Metrica: not spent
             METRICA_REQUESTS.labels(endpoint, _result(outcome)).inc()
             if isinstance(outcome, Success):
                 return outcome

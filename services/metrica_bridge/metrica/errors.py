@@ -53,13 +53,16 @@ class TransientError(MetricaError):
 
     ``unclear`` is true when the request may have reached Metrica and been applied (a timeout
     after the body was sent, a 5xx): only idempotent writes may be re-sent then.
+    ``never_sent`` is true when no connection was made (connect error or timeout, no pooled
+    connection free): the request provably never reached Metrica, nor its quota.
     """
 
     result_class = ResultClass.TRANSIENT
 
-    def __init__(self, message: str, *, unclear: bool, **kw: Any) -> None:
+    def __init__(self, message: str, *, unclear: bool, never_sent: bool = False, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.unclear = unclear
+        self.never_sent = never_sent
 
 
 class ThrottledError(MetricaError):

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Protocol
@@ -110,6 +111,23 @@ class TokenBucket:
                 await asyncio.sleep((1 - self._tokens) / self.rate)
                 self._refill()
             self._tokens -= 1
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted request attempt, counted in quota day ``day``. ``refund()``: it provably
+    never reached Metrica (no connection was made), so the count is given back when the
+    attempt ends."""
+
+    day: str
+    refunded: bool = False
+
+    def refund(self) -> None:
+        self.refunded = True
+
+
+def _give_back(slot: Slot) -> Decision:
+    return Decision(True, Slot(max(0, slot.used - 1), slot.next_at))
 
 
 class QuotaGovernor:
@@ -245,7 +263,8 @@ class QuotaGovernor:
             self._observe(now, day, await self.backend.state(day))
         self._observe(now)
 
-    async def _admit(self, paced: bool) -> None:
+    async def _admit(self, paced: bool) -> str:
+        """Wait until a request may be counted, count it; the quota day it was counted in."""
         while True:
             now = self._clock()
             if self._blocked_until > now:
@@ -257,7 +276,7 @@ class QuotaGovernor:
             )
             self._observe(now, day, decision.state)
             if decision.granted:
-                return
+                return day
             if not decision.exhausted:
                 await asyncio.sleep(min(decision.wait_s, self._poll_s))
             elif not self.wait_for_quota:
@@ -278,19 +297,29 @@ class QuotaGovernor:
     # -- one request attempt -----------------------------------------------------------------
 
     @asynccontextmanager
-    async def request(self, *, paced: bool = False) -> AsyncIterator[None]:
+    async def request(self, *, paced: bool = False) -> AsyncIterator[Ticket]:
         """Hold a place for one request attempt: waits for the budget (and the pace when
-        ``paced``), a parallel slot and the per-second cap, then counts the attempt."""
-        await self._admit(paced)
-        async with self._slots:
-            await self._bucket.take()
-            self.attempts += 1
-            self.in_flight += 1
-            self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
-            try:
-                yield
-            finally:
-                self.in_flight -= 1
+        ``paced``), a parallel slot and the per-second cap, then counts the attempt. An attempt
+        whose :class:`Ticket` was refunded is uncounted as it ends."""
+        ticket = Ticket(await self._admit(paced))
+        try:
+            async with self._slots:
+                await self._bucket.take()
+                self.attempts += 1
+                self.in_flight += 1
+                self.max_in_flight_seen = max(self.max_in_flight_seen, self.in_flight)
+                try:
+                    yield ticket
+                finally:
+                    self.in_flight -= 1
+        finally:
+            if ticket.refunded:
+                await self._refund(ticket.day)
+
+    async def _refund(self, day: str) -> None:
+        decision = await self.backend.take(day, _give_back)
+        if day == self._seen_day:
+            self._observe(self._clock(), day, decision.state)
 
 
 _SHARED: dict[str, QuotaGovernor] = {}

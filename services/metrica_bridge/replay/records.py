@@ -9,7 +9,13 @@ from enum import StrEnum
 import confluent_kafka
 
 from metrica_bridge.replay.options import ReplayOptions, parse_when
-from metrica_bridge.steps.dlq import HEADER_PREFIX, REPLAY_COUNT, header
+from metrica_bridge.steps.dlq import (
+    HEADER_PREFIX,
+    REPLAY_COUNT,
+    VALUE_DROPPED,
+    count_header,
+    header,
+)
 
 UNKNOWN_CLASS = "unknown"
 DLQ_SUFFIX = ".dlq"
@@ -18,14 +24,11 @@ DLQ_SUFFIX = ".dlq"
 class Verdict(StrEnum):
     REPLAY = "replay"
     SKIP = "skip"  # does not match this run's filters
-    REFUSE = "refuse"  # replayed too often already
+    REFUSE = "refuse"  # replayed too often already, or its value is not in the DLQ
 
 
 def _int(text: str | None) -> int | None:
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
+    return count_header(text)  # strict: ASCII digits, bounded (a header is anyone's to write)
 
 
 def _bytes(value: str | bytes | None) -> bytes:
@@ -92,5 +95,9 @@ def judge(record: DlqRecord, options: ReplayOptions) -> Verdict:
         if options.until is not None and record.failed_at >= options.until:
             return Verdict.SKIP
     if record.replay_count >= options.max_replays:
+        return Verdict.REFUSE
+    if header(record.headers, VALUE_DROPPED) is not None:
+        # A stub (the record was too large for the DLQ): replaying it would publish an empty
+        # value. The original is at dlq.original.topic/partition/offset.
         return Verdict.REFUSE
     return Verdict.REPLAY

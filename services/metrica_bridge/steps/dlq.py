@@ -11,13 +11,24 @@ import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from metrica_bridge.kafka.producer import Producer
+from confluent_kafka import KafkaError
+
+from metrica_bridge.kafka.producer import DeliveryError, Producer
 from metrica_bridge.logs import redact
 from metrica_bridge.metrics import DLQ_RECORDS, ErrorClass
 
 HEADER_PREFIX = "dlq."
 REPLAY_COUNT = "dlq.replay.count"
+# Set on a dead letter too large for the DLQ topic: its value (and a large key) stayed behind,
+# readable at the original topic, partition and offset until that topic's retention ends.
+VALUE_DROPPED = "dlq.value.dropped"
 MAX_MESSAGE = 500
+# What a DLQ record may weigh: librdkafka's message.max.bytes default (1,000,000), which Kafka
+# brokers' own default (1 MiB) also admits. A record over it fails every time
+# (MSG_SIZE_TOO_LARGE): it goes as a headers-only stub instead of retrying forever.
+MAX_RECORD_BYTES = 1_000_000
+MAX_STUB_KEY = 1_024
+MAX_COUNT_DIGITS = 9  # a header count beyond 999,999,999 is not a count
 
 
 def dlq_topic(topic: str) -> str:
@@ -44,16 +55,29 @@ def header(headers: tuple[tuple[str, bytes], ...], name: str) -> str | None:
     return None
 
 
+def count_header(text: str | None) -> int | None:
+    """A count header (``dlq.replay.count``, ``dlq.attempts``, ``dlq.original.partition``…):
+    ASCII digits only, at most MAX_COUNT_DIGITS of them, else None. ``str.isdigit`` is not
+    enough: "²" passes it and ``int()`` then raises."""
+    if text is None or not 0 < len(text) <= MAX_COUNT_DIGITS or not text.isascii():
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def replay_count(record: SourceRecord) -> int:
+    """``dlq.replay.count``, 0 when absent or not a count."""
+    return count_header(header(record.headers, REPLAY_COUNT)) or 0
+
+
 def is_replay(record: SourceRecord) -> bool:
     """Re-published by ``metrica-bridge replay`` (it sets ``dlq.replay.count`` ≥ 1)."""
-    count = header(record.headers, REPLAY_COUNT)
-    return count is not None and count.isdigit() and int(count) > 0
+    return replay_count(record) > 0
 
 
 def dlq_headers(
     record: SourceRecord, error_class: ErrorClass, message: str, attempts: int
 ) -> list[tuple[str, bytes]]:
-    replays = header(record.headers, REPLAY_COUNT) or "0"
+    replays = str(replay_count(record))
     # A replayed record carries the dlq.* headers of its previous failure: replace them, keep the
     # rest (the CRM's own headers) as they came.
     kept = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
@@ -75,20 +99,66 @@ def dlq_headers(
     return kept + [(k, v.encode("utf-8")) for k, v in ours.items()]
 
 
+def _size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> int:
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+
+
+def stub(
+    record: SourceRecord, error_class: ErrorClass, message: str, attempts: int
+) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The key (when small) and the ``dlq.*`` headers of a record too large for the DLQ, saying
+    so: the original stays readable at its topic, partition and offset."""
+    size = _size(record.key, record.value, list(record.headers))
+    note = (
+        f"{message}; the record ({size} bytes) is too large for the DLQ: only its headers are here"
+    )
+    headers = [
+        (k, v)
+        for k, v in dlq_headers(record, error_class, note, attempts)
+        if k.startswith(HEADER_PREFIX)
+    ]
+    key = record.key if record.key is not None and len(record.key) <= MAX_STUB_KEY else None
+    return key, [*headers, (VALUE_DROPPED, str(size).encode("ascii"))]
+
+
 class DeadLetters:
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         self._producer = producer
+        self._max = max_record_bytes
 
     async def send(
         self, record: SourceRecord, error_class: ErrorClass, message: str, attempts: int = 1
     ) -> None:
-        """Produce to ``<topic>.dlq`` and return once the broker acknowledged it."""
-        future = self._producer.produce(
+        """Produce to ``<topic>.dlq`` and return once the broker acknowledged it. A record the
+        DLQ cannot hold goes as a headers-only :func:`stub`. The produce call runs off the
+        event loop: with librdkafka's queue full it waits for room."""
+        headers = dlq_headers(record, error_class, message, attempts)
+        key, value = record.key, record.value
+        if _size(key, value, headers) > self._max:
+            (key, headers), value = stub(record, error_class, message, attempts), None
+        try:
+            await self._produce(record, key, value, headers)
+        except DeliveryError as exc:
+            if exc.code != KafkaError.MSG_SIZE_TOO_LARGE or value is None:
+                raise
+            # The broker's limit is lower than ours: the stub always fits.
+            key, headers = stub(record, error_class, message, attempts)
+            await self._produce(record, key, None, headers)
+        DLQ_RECORDS.labels(topic=record.topic, error_class=error_class.value).inc()
+
+    async def _produce(
+        self,
+        record: SourceRecord,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+    ) -> None:
+        future = await asyncio.to_thread(
+            self._producer.produce,
             dlq_topic(record.topic),
-            record.key,
-            record.value,
-            dlq_headers(record, error_class, message, attempts),
-            timestamp_ms=record.timestamp_ms,
+            key,
+            value,
+            headers,
+            record.timestamp_ms,
         )
         await asyncio.wrap_future(future)
-        DLQ_RECORDS.labels(topic=record.topic, error_class=error_class.value).inc()

@@ -60,6 +60,9 @@ Verdict = Send | Skip | Wait | Invalid
 Decider = Callable[[OrderState | None], Verdict]
 
 DEFAULT_CURRENCY = "RUB"  # DESIGN.md §2: an amount without a currency is in rubles
+# The largest amount the schema carries (decimal, precision 18, scale 2); a revenue summed from
+# payments beyond it cannot be sent or stored.
+MAX_AMOUNT = Decimal("9999999999999999.99")
 
 
 def _order_key(at: datetime | None, version: int | None) -> tuple[datetime, int] | None:
@@ -259,6 +262,8 @@ def on_payment(
         payments={**base.payments, event.payment_id: event.amount},
         currency=event.currency,
     )
+    if sum(counted.payments.values(), Decimal(0)) > MAX_AMOUNT:
+        return Invalid("the deal's payments add up to more than the schema's precision")
     verdict: Send | Skip
     if stale:
         # Never regress the status, but the money was received: Metrica's revenue must add it

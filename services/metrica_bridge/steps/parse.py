@@ -7,7 +7,8 @@ right now, which is our outage, not the record's fault, so it is retried, not de
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Iterable, Mapping
 
 from metrica_bridge.codec import Codec, DecodeError, SchemaUnavailable
 from metrica_bridge.events import Event, EventKind, InvalidEvent, LeadCreated, expected_kind
@@ -16,6 +17,16 @@ from metrica_bridge.metrics import IDENTIFIERS_DROPPED, ErrorClass
 from metrica_bridge.steps.dlq import SourceRecord
 
 Poison = tuple[ErrorClass, str]
+
+
+async def resolve_schemas(codec: Codec, sources: Iterable[SourceRecord]) -> None:
+    """Ask the Schema Registry, in a worker thread, for the schema ids of ``sources`` the
+    codec has not seen, so that :func:`parse` then decodes them from its cache without
+    blocking the event loop. A registry that cannot be asked is remembered by the codec:
+    ``parse`` raises ``SchemaUnavailable`` for those records (retried), as before."""
+    ids = codec.unresolved(s.value for s in sources)
+    if ids:
+        await asyncio.to_thread(codec.resolve, ids)
 
 
 def parse(codec: Codec, kinds: Mapping[str, EventKind], source: SourceRecord) -> Event | Poison:
@@ -30,8 +41,11 @@ def parse(codec: Codec, kinds: Mapping[str, EventKind], source: SourceRecord) ->
         expected_kind(event, kinds[source.topic])
     except InvalidEvent as exc:
         return ErrorClass.INVALID_EVENT, exc.reason
-    key = source.key.decode("utf-8", "replace") if source.key is not None else None
-    if key is not None and key != event.key:
+    if source.key is None:
+        # The key is the entity id (DESIGN.md §2): without it the record would run in a lane of
+        # its own, beside its deal's other events instead of in order with them.
+        return ErrorClass.INVALID_EVENT, "record has no key"
+    if source.key.decode("utf-8", "replace") != event.key:
         return ErrorClass.INVALID_EVENT, "record key does not match the event's entity id"
     if isinstance(event, LeadCreated) and event.dropped_identifiers:
         IDENTIFIERS_DROPPED.labels(topic=source.topic).inc(event.dropped_identifiers)

@@ -4,30 +4,36 @@ Before a batch is sent, its *intent* (endpoint, record count, start time, the ev
 is written to the store; once Metrica answers, the intent is resolved. If the process dies with
 a request in flight, the intent stays unresolved, and Metrica may or may not have applied it.
 When one of its events comes back (redelivered after the crash), we ask Metrica the only way it
-can be asked (metrica-api.md §9, §16): ``GET /last_uploadings``. An upload since the intent
-started, with the same number of records, that none of our known intents owns, is taken as the
-lost one; the event is then recorded as delivered without being sent a second time. No such
-upload means it never arrived, and the event is sent normally.
+can be asked (metrica-api.md §9, §16): ``GET /last_uploadings``.
 
-The match is by count and time (the list names no records), so it must not guess. An upload
-is taken only if no other process could be waiting for it: intents of other owners that are
-still open and could have sent it are first given time to resolve (a live process resolves its
-own within its request's retries); one still open after that makes the upload ambiguous, and
-the event is sent again — a second identical update is harmless, a lost one is not. Among one
-crashed run's own open intents of the same size, uploads are paired in time order (requests
-leave in the order their intents were written), never one already matched.
+The list names no records, so a match is by count and time and must not guess. An upload is
+taken as the lost one only if it is the *only* candidate and the intent the only claimant:
 
-The list is read from the end of the intent's window backwards (``datetime_offset``, a UTC
-instant like the uploads' ``datetime``), a page at a time, until it reaches the window's start:
-on a busy counter the newest uploads of the moment may all be later than the lost one. The
-list names neither records nor the endpoint (``entity_type`` is ``SYSTEM`` for contacts and
-orders alike), so a match proves an upload of that size at that time, no more: see
-docs/decisions.md, "Reconciliation and the sandbox's strictness".
+* a candidate is an upload the API made from JSON of a system entity (``uploading_source``
+  ``API``, ``uploading_format`` ``JSON``, ``entity_type`` ``SYSTEM`` or the older name of the
+  endpoint; a field the list leaves out filters nothing), that passed validation, of the
+  intent's record count, that none of our resolved intents owns, listed within the intent's
+  *reach*: from its start until the request could still have arrived (the retry budget plus
+  one request timeout, since every retry of a request keeps its intent);
+* a claimant is any other unresolved intent of that size whose reach holds a candidate. Those
+  of other owners are first given time to resolve (a live process resolves its own within its
+  request's retries, and its upload then becomes known);
+* two candidates, or a claimant left, and it is not a match: the event is sent again (only
+  SAVE/UPDATE uploads are sent, so a second identical upload is harmless, a lost one is not).
+  The claimants still open are resolved as not applied with it, so that none of them is later
+  credited alone with the upload they could all own.
+
+The list is read from the end of the intent's reach backwards (``datetime_offset``, a UTC
+instant like the uploads' ``datetime``), a page at a time, until it reaches the start: on a
+busy counter the newest uploads of the moment may all be later than the lost one. See
+docs/decisions.md, "Reconciliation and the sandbox's strictness" and "Reconciler proof and the
+registry off the loop".
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -38,10 +44,14 @@ from metrica_bridge.store.base import Store, UploadIntent
 log = get_logger("metrica_bridge.steps.reconcile")
 
 SKEW = timedelta(seconds=2)  # clock difference between us and Metrica, and second rounding
-WINDOW = timedelta(seconds=60)  # how long after its intent began a request can still arrive
+RETRY_BUDGET_S = 300.0  # the defaults of Settings.retry_budget_s and metrica_timeout_s
+TIMEOUT_S = 30.0
 SETTLE = timedelta(seconds=60)  # how long other processes' open intents are given to resolve
 PAGE = 1000  # uploads per last_uploadings request (the API's maximum)
 MAX_PAGES = 10  # requests (from the reserve) one resolution may spend paging back
+
+# entity_type of contacts and orders: SYSTEM now, CONTACT|ORDER on older pages (metrica-api §9).
+_ENTITY = {"contacts": {"SYSTEM", "CONTACT"}, "orders": {"SYSTEM", "ORDER"}}
 
 
 def parse_uploading_time(value: str, zone: ZoneInfo) -> datetime | None:
@@ -55,14 +65,47 @@ def parse_uploading_time(value: str, zone: ZoneInfo) -> datetime | None:
         return None
 
 
+def made_like_ours(upload: Mapping[str, object], endpoint: str) -> bool:
+    """Could this listed upload be one the service sent to ``endpoint``? The service uploads
+    JSON through the API; the list says so in ``uploading_source`` and ``uploading_format``,
+    and the kind of entity in ``entity_type``. A field left out filters nothing."""
+
+    def field(*names: str) -> str | None:
+        for name in names:
+            value = upload.get(name)
+            if value is not None:
+                return str(value).upper()
+        return None
+
+    source = field("uploading_source", "source")
+    fmt = field("uploading_format", "format")
+    entity = field("entity_type")
+    return (
+        (source is None or source == "API")
+        and (fmt is None or fmt == "JSON")
+        and (entity is None or entity in _ENTITY.get(endpoint, {"SYSTEM"}))
+    )
+
+
 class Reconciler:
     def __init__(
-        self, store: Store, client: MetricaClient, zone: ZoneInfo, *, page: int = PAGE
+        self,
+        store: Store,
+        client: MetricaClient,
+        zone: ZoneInfo,
+        *,
+        page: int = PAGE,
+        retry_budget_s: float = RETRY_BUDGET_S,
+        timeout_s: float = TIMEOUT_S,
     ) -> None:
         self._store = store
         self._client = client
         self._zone = zone
         self._page = page
+        # How long after its intent began a request can still reach Metrica: every retry of
+        # it keeps the intent, the last one may start at the end of the budget and take a
+        # whole timeout.
+        self._reach = timedelta(seconds=retry_budget_s + timeout_s)
         self._lock = asyncio.Lock()
         self._verdicts: dict[str, str | None] = {}
 
@@ -75,26 +118,32 @@ class Reconciler:
                 self._verdicts[intent.intent_id] = await self._resolve(intent)
             return self._verdicts[intent.intent_id]
 
+    def _reaches(self, intent: UploadIntent, when: datetime) -> bool:
+        return intent.started_at - SKEW <= when <= intent.started_at + self._reach
+
     async def _resolve(self, intent: UploadIntent) -> str | None:
-        since, until = intent.started_at - SKEW, intent.started_at + WINDOW
+        since, until = intent.started_at - SKEW, intent.started_at + self._reach
         deadline = datetime.now(UTC) + SETTLE
         while True:
             # Uploads first, then our own records of them: every upload in the list had its
             # intent written before it was sent, so reading the intents afterwards finds it
-            # either still open (a rival) or resolved (known) — never unaccounted for.
+            # either still open (a claimant) or resolved (known) — never unaccounted for.
             uploads = await self._listed(since, until + SKEW)
-            same_size = [
+            # Any intent whose reach holds the window: one begun a whole reach earlier.
+            still_open = await asyncio.to_thread(
+                self._store.open_intents, since - self._reach, until + SKEW
+            )
+            if all(other.intent_id != intent.intent_id for other in still_open):
+                # Resolved since it was read (another process settled it; a known upload
+                # stays known): not ours to credit now, send again.
+                return None
+            claimants = [
                 other
-                for other in await asyncio.to_thread(
-                    self._store.open_intents, since - WINDOW, until + SKEW
-                )
-                if other.records == intent.records
+                for other in still_open
+                if other.records == intent.records and other.intent_id != intent.intent_id
             ]
-            rivals = [o for o in same_size if o.owner != intent.owner]
-            siblings = [o.intent_id for o in same_size if o.owner == intent.owner]
-            known = await asyncio.to_thread(self._store.known_uploads, since - WINDOW)
+            known = await asyncio.to_thread(self._store.known_uploads, since - self._reach)
             candidates: list[tuple[datetime, str]] = []
-            ambiguous = False
             for upload in uploads:
                 uploading_id = str(upload.get("uploading_id", ""))
                 when = parse_uploading_time(str(upload.get("datetime", "")), self._zone)
@@ -104,20 +153,24 @@ class Reconciler:
                     or when is None
                     or upload.get("elements_count") != intent.records
                     or upload.get("api_validation_status", "PASSED") != "PASSED"
+                    or not made_like_ours(upload, intent.endpoint)
                     or not since <= when <= until
                 ):
                     continue
-                if any(r.started_at - SKEW <= when <= r.started_at + WINDOW for r in rivals):
-                    ambiguous = True  # another process may own it: never take it from them
-                    continue
                 candidates.append((when, uploading_id))
-            if not ambiguous or datetime.now(UTC) >= deadline:
+            contenders = [
+                c for c in claimants if any(self._reaches(c, when) for when, _ in candidates)
+            ]
+            waiting = any(c.owner != intent.owner for c in contenders)
+            if not waiting or datetime.now(UTC) >= deadline:
                 break
-            await asyncio.sleep(2.0)  # a live rival resolves its intent; its upload becomes known
-        rank = siblings.index(intent.intent_id) if intent.intent_id in siblings else 0
-        ordered = sorted(candidates)
-        match = ordered[rank][1] if rank < len(ordered) and not ambiguous else None
+            await asyncio.sleep(2.0)  # a live process resolves its intent; its upload is known
+        ambiguous = len(candidates) > 1 or bool(contenders)
+        match = candidates[0][1] if len(candidates) == 1 and not contenders else None
         await asyncio.to_thread(self._store.finish_upload, intent.intent_id, match)
+        for contender in contenders:  # they could all own it: none of them is credited later
+            await asyncio.to_thread(self._store.finish_upload, contender.intent_id, None)
+            self._verdicts[contender.intent_id] = None
         log.info(
             "in-flight upload of a previous run reconciled",
             intent=intent.intent_id,
@@ -125,6 +178,8 @@ class Reconciler:
             records=intent.records,
             applied=match is not None,
             ambiguous=ambiguous,
+            candidates=len(candidates),
+            contenders=len(contenders),
         )
         return match
 

@@ -38,12 +38,13 @@ from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrica.errors import MetricaError, PermanentError, SetupError
 from metrica_bridge.metrics import LAST_SUCCESSFUL_UPLOAD, UPLOAD_RECORDS
 from metrica_bridge.steps.batch import Ack, Endpoint, Pending, RequestLimits
-from metrica_bridge.store.base import Store, UploadIntent
+from metrica_bridge.store.base import Store, StoreError, UploadIntent
 
 log = get_logger("metrica_bridge.steps.send")
 
 SETUP_PROBE_MAX_S = 900.0
 SETUP_MIN_RECORDS = 3  # a batch this large, refused the same way everywhere, is a setup problem
+FINISH_RETRY_S = (0.05, 0.2, 0.5, 1.0, 2.0)  # resolving an intent: waits between attempts
 _DIGITS = re.compile(r"\d+")
 
 
@@ -189,7 +190,7 @@ class Sender:
         async def before_send() -> None:
             # Again after a daily-quota refusal: that attempt reached nothing.
             if intents:
-                await asyncio.to_thread(self._store.finish_upload, intents[-1], None)
+                await self._finish_upload(intents[-1], None)
             intent = UploadIntent(
                 uuid.uuid4().hex, self._owner, endpoint.value, len(records), datetime.now(UTC)
             )
@@ -203,7 +204,7 @@ class Sender:
         except MetricaError as exc:
             # Refused, or given up: either way Metrica holds none of it.
             if intents:
-                await asyncio.to_thread(self._store.finish_upload, intents[-1], None)
+                await self._finish_upload(intents[-1], None)
             if isinstance(exc, SetupError):
                 raise
             if isinstance(exc, PermanentError):
@@ -212,7 +213,19 @@ class Sender:
                 pending.result = exc
             return None
         # Known before the outcome is recorded: a crash in between is recognised on recovery.
-        await asyncio.to_thread(self._store.finish_upload, intents[-1], result.uploading_id)
+        # Metrica holds the batch now: a store failure here must not make its events retry
+        # (the open intent is this process's own, so they would be sent again). Retried in
+        # place; past that the intent stays open and the events are settled all the same:
+        # the ledger, written next, is what says they were delivered.
+        try:
+            await self._finish_upload(intents[-1], result.uploading_id)
+        except StoreError as exc:
+            log.error(
+                "upload accepted but its intent could not be resolved; settling it anyway",
+                endpoint=endpoint.value,
+                uploading_id=result.uploading_id,
+                error=str(exc),
+            )
         now = time.time()
         ack = Ack(result.uploading_id, len(records), now)
         UPLOAD_RECORDS.labels(endpoint=endpoint.value).observe(len(records))
@@ -220,6 +233,17 @@ class Sender:
         for pending in records:
             pending.result = ack
         return None
+
+    async def _finish_upload(self, intent_id: str, uploading_id: str | None) -> None:
+        """``Store.finish_upload``, retried in place on store errors (bounded, with backoff)."""
+        for delay in FINISH_RETRY_S:
+            try:
+                await asyncio.to_thread(self._store.finish_upload, intent_id, uploading_id)
+                return
+            except StoreError as exc:
+                log.warning("resolving an upload intent failed; retrying", error=str(exc))
+                await asyncio.sleep(delay)
+        await asyncio.to_thread(self._store.finish_upload, intent_id, uploading_id)
 
     # -- isolating refused records -------------------------------------------------------------
     async def _isolate(

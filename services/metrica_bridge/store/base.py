@@ -136,6 +136,12 @@ class Changes:
     # event ids taken from the park but not handled: they stay parked, their lease ends now so
     # the next sweep decides again (released, or unattributable once the wait is over)
     unlease: list[str] = field(default_factory=list)
+    # Fencing (issue 16): with ``owner`` set, the orders are written only for deals whose claim
+    # this owner still holds, at the epoch in ``epochs`` (deal -> ``Claims.epochs``) when given,
+    # checked in the same transaction: otherwise nothing is written and ``ClaimLost`` names
+    # them. Claims are released only where they are still this owner's (at that epoch).
+    owner: str | None = None
+    epochs: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(
@@ -149,8 +155,48 @@ class Changes:
         )
 
 
+class Claims(set[str]):
+    """The deals ``claim_orders`` claimed now (a set of deal ids), with each claim's ``epochs``:
+    a number never given to another claim (of any deal), the fence of ``Changes.epochs``."""
+
+    def __init__(self, epochs: Mapping[str, int] | None = None) -> None:
+        super().__init__(epochs or ())
+        self.epochs: dict[str, int] = dict(epochs or {})
+
+
+def merge_changes(parts: Iterable[Changes]) -> Changes:
+    """One unit of work doing what ``parts`` do, in their order (one owner for all)."""
+    merged = Changes()
+    for part in parts:
+        merged.ledger.extend(part.ledger)
+        merged.orders.extend(part.orders)
+        merged.contacts_uploaded.update(part.contacts_uploaded)
+        merged.release_claims.extend(part.release_claims)
+        merged.park.extend(part.park)
+        merged.unpark.extend(part.unpark)
+        merged.unlease.extend(part.unlease)
+        merged.epochs.update(part.epochs)
+        if part.owner is not None:
+            merged.owner = part.owner
+    return merged
+
+
 class StoreError(RuntimeError):
     """The store is unreachable or refused an operation (message has no personal data)."""
+
+
+class StoreRefused(StoreError):
+    """The store refuses the data itself (a value it cannot hold, a constraint): trying the
+    same write again fails the same way."""
+
+
+class ClaimLost(StoreError):
+    """``Changes.owner`` no longer holds the claim (at its epoch) of these deals: its lease
+    lapsed and another process took the deal. Nothing of the unit of work was written."""
+
+    def __init__(self, deals: Iterable[str]) -> None:
+        self.deals = frozenset(deals)
+        super().__init__(f"claims lost on {len(self.deals)} deal(s)")
 
 
 class Store(Protocol):
@@ -182,12 +228,14 @@ class Store(Protocol):
     # orders
     def orders(self, deal_ids: Iterable[str]) -> dict[str, OrderState]: ...
 
-    def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> set[str]:
-        """Claim each deal for exclusive update; return the ids claimed now.
+    def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> Claims:
+        """Claim each deal for exclusive update; return the ids claimed now (and their epochs).
 
         A deal is claimable when no live claim exists on it (whoever holds it, this owner
         included: one update of an order at a time, even inside one process) or the existing
-        claim's lease expired. Claims end with ``Changes.release_claims`` or expire.
+        claim's lease expired. Claims end with ``Changes.release_claims`` or expire; a write
+        fenced by ``Changes.owner`` / ``Changes.epochs`` fails with ``ClaimLost`` once another
+        owner took the deal.
         """
         ...
 
@@ -258,5 +306,6 @@ class Store(Protocol):
         event id (a later insert for the same id is ignored), so redeliveries cannot rewrite
         history — except that a ``dead_lettered`` outcome gives way to a later outcome: a DLQ
         replay settling the event, or dead-lettering it again with the class that now holds. Recording an outcome forgets the event's
-        upload intent (``inflight``)."""
+        upload intent (``inflight``). Raises ``ClaimLost`` (fencing, see ``Changes.owner``) or
+        ``StoreRefused`` (the data itself is refused) with nothing written."""
         ...

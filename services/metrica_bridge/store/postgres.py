@@ -22,6 +22,8 @@ from psycopg import Connection
 
 from metrica_bridge.store.base import (
     Changes,
+    ClaimLost,
+    Claims,
     Identity,
     IdentityUpdate,
     LedgerEntry,
@@ -30,6 +32,7 @@ from metrica_bridge.store.base import (
     QuotaChange,
     QuotaState,
     StoreError,
+    StoreRefused,
     UploadIntent,
 )
 from metrica_bridge.store.codec import (
@@ -65,7 +68,11 @@ def _error(op: str, exc: Exception) -> StoreError:
         text = primary if primary else (str(exc).splitlines() or [""])[0]
         if exc.sqlstate:
             text = f"[{exc.sqlstate}] {text}"
-    return StoreError(f"store {op} failed: {type(exc).__name__} {text}".rstrip())
+    message = f"store {op} failed: {type(exc).__name__} {text}".rstrip()
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+        # the data itself (a NUL in a string, a constraint): the same write fails again
+        return StoreRefused(message)
+    return StoreError(message)
 
 
 class PostgresStore:
@@ -263,21 +270,23 @@ class PostgresStore:
             for row in rows
         }
 
-    def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> set[str]:
+    def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> Claims:
         keys = unique(deal_ids)
         if not keys:
-            return set()
+            return Claims()
         with self._conn("claim_orders") as conn:
             rows = conn.execute(
-                "INSERT INTO order_claims AS c (deal_id, owner, expires_at)"
-                " SELECT d, %s, now() + %s * interval '1 second' FROM unnest(%s::text[]) AS d"
+                "INSERT INTO order_claims AS c (deal_id, owner, expires_at, epoch)"
+                " SELECT d, %s, now() + %s * interval '1 second', nextval('order_claim_epoch')"
+                " FROM unnest(%s::text[]) AS d"
                 " ON CONFLICT (deal_id) DO UPDATE"
-                " SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at"
+                " SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at,"
+                " epoch = EXCLUDED.epoch"
                 " WHERE c.expires_at <= now()"
-                " RETURNING deal_id",
+                " RETURNING deal_id, epoch",
                 (owner, lease_s, keys),
             ).fetchall()
-        return {row[0] for row in rows}
+        return Claims({row[0]: int(row[1]) for row in rows})
 
     def renew_claims(self, owner: str, lease_s: float) -> int:
         with self._conn("renew_claims") as conn:
@@ -507,7 +516,29 @@ def _configure(conn: Conn) -> None:
     conn.execute("SET TIME ZONE 'UTC'")
 
 
+def _check_fences(conn: Conn, changes: Changes, owner: str) -> None:
+    """Raise ``ClaimLost`` (rolling everything back) for the deals written whose claim is not
+    this owner's at the epoch it holds. The claim rows stay locked to the commit: a claim
+    racing this transaction waits, then finds them released."""
+    deals = unique(o.deal_id for o in changes.orders)
+    rows = conn.execute(
+        "SELECT deal_id, owner, epoch FROM order_claims WHERE deal_id = ANY(%s::text[])"
+        " ORDER BY deal_id FOR UPDATE",
+        (deals,),
+    ).fetchall()
+    held = {row[0]: (row[1], int(row[2])) for row in rows}
+    lost = []
+    for deal in deals:
+        claim, epoch = held.get(deal), changes.epochs.get(deal)
+        if claim is None or claim[0] != owner or (epoch is not None and claim[1] != epoch):
+            lost.append(deal)
+    if lost:
+        raise ClaimLost(lost)
+
+
 def _apply(conn: Conn, changes: Changes) -> None:
+    if changes.owner is not None and changes.orders:
+        _check_fences(conn, changes, changes.owner)
     if changes.ledger:
         ledger = settle_ledger(changes.ledger)
         conn.execute(
@@ -573,11 +604,22 @@ def _apply(conn: Conn, changes: Changes) -> None:
             ([cid for cid, _ in contacts], [fp for _, fp in contacts]),
         )
     if changes.release_claims:
-        conn.execute(
-            "DELETE FROM order_claims WHERE deal_id IN (SELECT deal_id FROM order_claims"
-            " WHERE deal_id = ANY(%s::text[]) ORDER BY deal_id FOR UPDATE)",
-            (unique(changes.release_claims),),
-        )
+        deals = unique(changes.release_claims)
+        if changes.owner is None:
+            conn.execute(
+                "DELETE FROM order_claims WHERE deal_id IN (SELECT deal_id FROM order_claims"
+                " WHERE deal_id = ANY(%s::text[]) ORDER BY deal_id FOR UPDATE)",
+                (deals,),
+            )
+        else:
+            # only where the claim is still ours: a lapsed owner must not free the next one's
+            conn.execute(
+                "DELETE FROM order_claims WHERE deal_id IN (SELECT c.deal_id FROM order_claims c"
+                " JOIN unnest(%s::text[], %s::bigint[]) AS x(d, e) ON c.deal_id = x.d"
+                " WHERE c.owner = %s AND (x.e IS NULL OR c.epoch = x.e)"
+                " ORDER BY c.deal_id FOR UPDATE OF c)",
+                (deals, [changes.epochs.get(d) for d in deals], changes.owner),
+            )
     if changes.park:
         park = first_per_event(changes.park)
         conn.execute(

@@ -21,6 +21,8 @@ from typing import Any
 
 from metrica_bridge.store.base import (
     Changes,
+    ClaimLost,
+    Claims,
     Identity,
     IdentityUpdate,
     LedgerEntry,
@@ -29,6 +31,7 @@ from metrica_bridge.store.base import (
     QuotaChange,
     QuotaState,
     StoreError,
+    StoreRefused,
     UploadIntent,
 )
 from metrica_bridge.store.codec import (
@@ -80,7 +83,8 @@ def _ids(raw: str) -> tuple[str, ...]:
 
 
 class SqliteStore:
-    """``Store`` on a SQLite file (WAL, ``synchronous=NORMAL``)."""
+    """``Store`` on a SQLite file (WAL, ``synchronous=FULL``: a commit is on disk before the
+    offsets it allows are committed, power loss included; see docs/decisions.md)."""
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         if sqlite3.sqlite_version_info < _MIN_VERSION:
@@ -96,7 +100,7 @@ class SqliteStore:
             )
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             self._set_wal(busy_timeout_s)
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA temp_store = MEMORY")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from None
@@ -134,7 +138,7 @@ class SqliteStore:
             try:
                 yield self._conn
             except sqlite3.Error as exc:
-                raise StoreError(f"store {op} failed: {type(exc).__name__}: {exc}") from None
+                raise _error(op, exc) from None
 
     @contextmanager
     def _write(self, op: str) -> Iterator[sqlite3.Connection]:
@@ -154,7 +158,7 @@ class SqliteStore:
                 with suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"store {op} failed: {type(exc).__name__}: {exc}") from None
+                    raise _error(op, exc) from None
                 raise
 
     def _check_open(self) -> None:
@@ -349,11 +353,11 @@ class SqliteStore:
                 for row in self._select_in(conn, sql, keys)
             }
 
-    def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> set[str]:
+    def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> Claims:
         keys = unique(deal_ids)
         if not keys:
-            return set()
-        claimed: set[str] = set()
+            return Claims()
+        claimed: dict[str, int] = {}
         with self._write("claim_orders") as conn:
             now = to_us(now_utc())
             expires = now + _lease_us(lease_s)
@@ -371,14 +375,21 @@ class SqliteStore:
                     )
                 }
                 free = [deal for deal in part if deal not in live]
+                if not free:
+                    continue
+                # Epochs never given twice (released claims are deleted: the counter is apart).
+                conn.execute("UPDATE claim_epoch SET last = last + ? WHERE id = 1", (len(free),))
+                last = int(conn.execute("SELECT last FROM claim_epoch WHERE id = 1").fetchone()[0])
+                epochs = {deal: last - len(free) + 1 + i for i, deal in enumerate(free)}
                 conn.executemany(
-                    "INSERT INTO order_claims (deal_id, owner, expires_at) VALUES (?, ?, ?)"
+                    "INSERT INTO order_claims (deal_id, owner, expires_at, epoch)"
+                    " VALUES (?, ?, ?, ?)"
                     " ON CONFLICT (deal_id) DO UPDATE SET owner = excluded.owner,"
-                    " expires_at = excluded.expires_at",
-                    [(deal, owner, expires) for deal in free],
+                    " expires_at = excluded.expires_at, epoch = excluded.epoch",
+                    [(deal, owner, expires, epochs[deal]) for deal in free],
                 )
-                claimed.update(free)
-        return claimed
+                claimed.update(epochs)
+        return Claims(claimed)
 
     def renew_claims(self, owner: str, lease_s: float) -> int:
         with self._write("renew_claims") as conn:
@@ -552,9 +563,34 @@ class SqliteStore:
     def apply(self, changes: Changes) -> None:
         if not changes:
             return
-        with self._write("apply") as conn:
-            for step in _apply_steps(changes):
-                step(conn)
+        try:
+            with self._write("apply") as conn:
+                if changes.owner is not None and changes.orders:
+                    self._check_fences(conn, changes, changes.owner)
+                for step in _apply_steps(changes):
+                    step(conn)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # a value that cannot be bound (an integer beyond 64 bits, say): the same again fails
+            raise StoreRefused(f"store apply failed: {type(exc).__name__}") from None
+
+    def _check_fences(self, conn: sqlite3.Connection, changes: Changes, owner: str) -> None:
+        """Raise ``ClaimLost`` (rolling everything back) for the deals written whose claim is
+        not this owner's at the epoch it holds; inside the IMMEDIATE transaction nobody can
+        take a claim between this check and the writes."""
+        deals = unique(o.deal_id for o in changes.orders)
+        held = {
+            row[0]: (row[1], row[2])
+            for row in self._select_in(
+                conn,
+                "SELECT deal_id, owner, epoch FROM order_claims WHERE deal_id IN ({marks})",
+                deals,
+            )
+        }
+        lost = [
+            deal for deal in deals if not _holds(held.get(deal), owner, changes.epochs.get(deal))
+        ]
+        if lost:
+            raise ClaimLost(lost)
 
 
 def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object]]:
@@ -629,10 +665,25 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
             )
         )
     if changes.release_claims:
-        released = [(deal,) for deal in unique(changes.release_claims)]
-        steps.append(
-            lambda c: c.executemany("DELETE FROM order_claims WHERE deal_id = ?", released)
-        )
+        owner = changes.owner
+        if owner is None:
+            released = [(deal,) for deal in unique(changes.release_claims)]
+            steps.append(
+                lambda c: c.executemany("DELETE FROM order_claims WHERE deal_id = ?", released)
+            )
+        else:
+            # only where the claim is still ours: a lapsed owner must not free the next one's
+            fenced = [
+                (deal, owner, changes.epochs.get(deal), changes.epochs.get(deal))
+                for deal in unique(changes.release_claims)
+            ]
+            steps.append(
+                lambda c: c.executemany(
+                    "DELETE FROM order_claims WHERE deal_id = ? AND owner = ?"
+                    " AND (? IS NULL OR epoch = ?)",
+                    fenced,
+                )
+            )
     if changes.park:
         park_rows = [
             (
@@ -675,6 +726,17 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
             )
         )
     return steps
+
+
+def _holds(claim: tuple[str, int] | None, owner: str, epoch: int | None) -> bool:
+    return claim is not None and claim[0] == owner and (epoch is None or claim[1] == epoch)
+
+
+def _error(op: str, exc: sqlite3.Error) -> StoreError:
+    message = f"store {op} failed: {type(exc).__name__}: {exc}"
+    if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
+        return StoreRefused(message)  # the data, not the store's state: the same again fails
+    return StoreError(message)
 
 
 def _lease_us(lease_s: float) -> int:
