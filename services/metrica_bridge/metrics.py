@@ -73,6 +73,12 @@ OLDEST_UNFINISHED = Gauge(
     ["topic", "partition"],
     registry=REGISTRY,
 )
+CONTACTS_RESENT = Counter(
+    PREFIX + "contacts_resent_total",
+    "Contacts sent again because the client's identity grew while the upload was on its way"
+    " (another process uploaded the same client meanwhile).",
+    registry=REGISTRY,
+)
 DLQ_FAILURES = Counter(
     PREFIX + "dlq_failures_total",
     "Failed attempts to produce a dead letter (retried; the source partition commits nothing"

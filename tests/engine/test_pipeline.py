@@ -11,22 +11,27 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import SecretStr
 
 from metrica_bridge.engine.parking import ParkSweeper
 from metrica_bridge.engine.pipeline import _Round
 from metrica_bridge.engine.work import Work
+from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrics import REGISTRY
 from metrica_bridge.sandbox import SandboxServer
+from metrica_bridge.steps import enrich
+from metrica_bridge.steps.batch import Endpoint, Pending, SendFn
 from metrica_bridge.steps.dlq import SourceRecord
 from metrica_bridge.steps.parse import parse
 from metrica_bridge.store import open_store
-from metrica_bridge.store.base import Changes, LedgerEntry
+from metrica_bridge.store.base import Changes, IdentityUpdate, LedgerEntry, Store
 from tests.support import crm
 from tests.support.engine import CODEC, Engine, running_engine
 from tests.support.kafka import TopicFactory, consume_all
-from tests.support.stack import COUNTER
+from tests.support.stack import COUNTER, TOKEN
 
 PAYMENT = "crm.events.PaymentReceived"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
@@ -313,3 +318,36 @@ async def test_a_record_too_large_for_the_dlq_goes_as_a_stub_and_the_partition_m
     assert headers["dlq.value.dropped"] == str(2_000_000 + 2)  # the value and the key "D9"
     assert headers["dlq.original.offset"] == "0"
     assert "too large for the DLQ" in headers["dlq.error.message"]
+
+
+async def test_a_contact_that_grew_while_it_was_uploaded_is_sent_again(
+    bootstrap: str, topics: TopicFactory, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Issue 16, item 13: two processes handle two leads of one client. The other merges its
+    ClientID and uploads the whole contact while ours (rendered before that merge) is on its
+    way; ours lands last and, under UPDATE, replaces the client_ids list with the smaller one.
+    Played deterministically: the other process acts just before our contact upload."""
+    theirs = str(10**18 + 99)
+    raced: list[bool] = []
+
+    def racing(send: SendFn, store: Store) -> SendFn:
+        async def racing_send(endpoint: Endpoint, batch: list[Pending]) -> None:
+            if endpoint is Endpoint.CONTACTS and not raced:
+                raced.append(True)
+                merged = store.merge_identities([IdentityUpdate("C1", client_ids=(theirs,))])
+                rendered, _, _ = enrich.contact(merged["C1"], False, ZoneInfo("Europe/Moscow"))
+                async with MetricaClient(
+                    api_url=sandbox.url, counter_id=COUNTER, token=SecretStr(TOKEN)
+                ) as other:
+                    await other.upload_contacts([rendered])
+            await send(endpoint, batch)
+
+        return racing_send
+
+    async with running_engine(bootstrap, topics, sandbox, tmp_path, wrap_send=racing) as engine:
+        engine.feed("lead-created", "L1", _lead(1, None))
+        await engine.settle(1)
+        assert engine.ledger()["lead-1"][0] == "delivered"
+    assert raced
+    [contact] = sandbox.contacts(COUNTER)
+    assert sorted(contact["client_ids"]) == sorted([str(10**18 + 1), theirs])

@@ -27,6 +27,7 @@ from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrica.quota import QuotaGovernor
 from metrica_bridge.metrica.status_map import parse_status_map
 from metrica_bridge.sandbox import SandboxServer
+from metrica_bridge.steps.batch import SendFn
 from metrica_bridge.steps.dlq import DeadLetters, SourceRecord
 from metrica_bridge.steps.send import Sender
 from metrica_bridge.store import open_store
@@ -101,9 +102,11 @@ async def running_engine(
     tmp_path: Path,
     wrap: Callable[[Store], Any] | None = None,
     linger_s: float = 0.02,
+    wrap_send: Callable[[SendFn, Store], SendFn] | None = None,
 ) -> AsyncIterator[Engine]:
     """``wrap``: the pipeline talks to ``wrap(store)`` (a test's fault injection), the sender to
-    the store itself."""
+    the store itself. ``wrap_send``: every batch goes through ``wrap_send(sender, store)`` (a
+    test acting between the pipeline and Metrica)."""
     names = topics.crm_topics(1)
     ensure_topics(bootstrap, {f"{name}.dlq": 1 for name in names.values()})
     real = open_store(f"sqlite:///{tmp_path / 'state.db'}")
@@ -114,11 +117,12 @@ async def running_engine(
         api_url=sandbox.url, counter_id=COUNTER, token=SecretStr(TOKEN), governor=governor
     )
     producer = Producer({"bootstrap.servers": bootstrap})
+    send: SendFn = Sender(client, real, OWNER)
     pipeline = Pipeline(
         store=store,
         codec=CODEC,
         statuses=parse_status_map(yaml.safe_load(STATUS_MAP)),
-        send=Sender(client, real, OWNER),
+        send=send if wrap_send is None else wrap_send(send, real),
         batching=Batching(max_records=100, max_bytes=1_000_000, linger_s=linger_s),
         dead_letters=DeadLetters(producer),
         timezone="Europe/Moscow",

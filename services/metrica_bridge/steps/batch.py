@@ -162,6 +162,20 @@ class Batcher:
         )
         return self._add(endpoint, pending)
 
+    def resubmit(
+        self, endpoint: Endpoint, pending: Pending, record: dict[str, Any], encoded: bytes
+    ) -> Pending:
+        """Queue ``pending`` again, now carrying ``record``, for the same waiters and events."""
+        again = Pending(
+            pending.record_id,
+            record,
+            encoded,
+            pending.deadline,
+            list(pending.waiters),
+            list(pending.event_ids),
+        )
+        return self._add(endpoint, again)
+
     def _add(self, endpoint: Endpoint, pending: Pending) -> Pending:
         batch = self._open[endpoint]
         waiting = batch.get(pending.record_id)
