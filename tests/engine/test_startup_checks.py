@@ -75,14 +75,8 @@ def _ready_then_stopped(env: dict[str, str], tmp_path: Path) -> str:
     return service.logs()
 
 
-def _lines(logs: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
-
-
-def test_a_time_zone_other_than_the_counter_s_refuses_to_start(
-    sandbox: SandboxServer, tmp_path: Path, status_map: Path
-) -> None:
-    env = _env(sandbox, tmp_path, status_map, metrica_timezone="Asia/Yekaterinburg")
+def _refused(env: dict[str, str], tmp_path: Path) -> str:
+    """Start the service, expect it to exit 1 by itself; its logs."""
     service = ServiceProcess(env, tmp_path / "service.log").start()
     try:
         assert service.proc is not None
@@ -91,6 +85,18 @@ def test_a_time_zone_other_than_the_counter_s_refuses_to_start(
         service.kill()
     logs = service.logs()
     assert code == 1, logs[-3000:]
+    return logs
+
+
+def _lines(logs: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+
+
+def test_a_time_zone_other_than_the_counter_s_refuses_to_start(
+    sandbox: SandboxServer, tmp_path: Path, status_map: Path
+) -> None:
+    env = _env(sandbox, tmp_path, status_map, metrica_timezone="Asia/Yekaterinburg")
+    logs = _refused(env, tmp_path)
     message = (
         f"METRICA_TIMEZONE=Asia/Yekaterinburg differs from the time zone of counter {COUNTER} in "
         "Metrica (Europe/Moscow)"
@@ -114,14 +120,7 @@ def test_a_time_zone_that_is_not_one_refuses_to_start(
     sandbox: SandboxServer, tmp_path: Path, status_map: Path
 ) -> None:
     env = _env(sandbox, tmp_path, status_map, metrica_timezone="Moscow")
-    service = ServiceProcess(env, tmp_path / "service.log").start()
-    try:
-        assert service.proc is not None
-        code = service.proc.wait(60)
-    finally:
-        service.kill()
-    logs = service.logs()
-    assert code == 1, logs[-3000:]
+    logs = _refused(env, tmp_path)
     assert "configuration error: METRICA_TIMEZONE 'Moscow' is not an IANA time zone" in logs
     assert "Traceback" not in logs
 

@@ -133,9 +133,8 @@ def _bare_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_run_with_nothing_configured_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    """Not 118 lines of traceback ending in a broker transport failure."""
-    env = _bare_env(tmp_path)
+def _run(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """``metrica-bridge run`` in a process of its own, expected to exit 1; its non-blank lines."""
     done = subprocess.run(
         [sys.executable, "-m", "metrica_bridge.cli", "run"],
         env=env,
@@ -145,7 +144,14 @@ def test_run_with_nothing_configured_is_one_line_and_exit_1(tmp_path: Path) -> N
         timeout=60,
     )
     assert done.returncode == 1, done.stderr
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    output = done.stdout + done.stderr
+    return output, [line for line in output.splitlines() if line.strip()]
+
+
+def test_run_with_nothing_configured_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Not 118 lines of traceback ending in a broker transport failure."""
+    env = _bare_env(tmp_path)
+    _, lines = _run(env, tmp_path)
     assert lines == ["configuration error: METRICA_COUNTER_ID is not set"], lines
 
 
@@ -160,19 +166,10 @@ def test_a_bad_status_map_is_one_line_naming_the_variable(tmp_path: Path) -> Non
         "STATUS_MAP_FILE": str(status_map),
         "METRICS_PORT": "0",
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "metrica_bridge.cli", "run"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 1, done.stderr
-    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    output, lines = _run(env, tmp_path)
     assert len(lines) == 1, lines
     assert lines[0].startswith("configuration error: STATUS_MAP_FILE: "), lines
-    _assert_clean(done.stdout + done.stderr)
+    _assert_clean(output)
 
 
 def test_validation_errors_never_quote_the_input() -> None:

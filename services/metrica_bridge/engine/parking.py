@@ -98,14 +98,15 @@ class ParkSweeper:
             with contextlib.suppress(Exception):  # else they lapse with the lease
                 await self._unlease(taken)
             raise
-        counts = (0, 0)  # released, unattributable
+        released = expired = 0
         failed: list[ParkedEvent] = []
         error: Exception | None = None
         for parked in taken:
             try:
-                counts = self._release(
-                    parked, identities, now, expired_before, creation_expired_before, counts
-                )
+                if self._release(parked, identities, now, expired_before, creation_expired_before):
+                    released += 1
+                else:
+                    expired += 1
             except Exception as exc:
                 failed.append(parked)
                 error = exc
@@ -117,7 +118,7 @@ class ParkSweeper:
             )
             with contextlib.suppress(Exception):  # else they lapse with the lease
                 await self._unlease(failed)
-        log.info("park sweep", released=counts[0], unattributable=counts[1])
+        log.info("park sweep", released=released, unattributable=expired)
         return len(taken)
 
     async def _unlease(self, parked: list[ParkedEvent]) -> None:
@@ -132,10 +133,9 @@ class ParkSweeper:
         now: datetime,
         expired_before: datetime,
         creation_expired_before: datetime,
-        counts: tuple[int, int],
-    ) -> tuple[int, int]:
-        """Hand one leased event to the engine; the counts (released, unattributable) after."""
-        released, expired = counts
+    ) -> bool:
+        """Hand one leased event to the engine: True when it moves on, False when it goes to
+        the DLQ as ``unattributable``."""
         if not expires(parked, identities.get(parked.client_uniq_id), expired_before):
             # Ready, as far as the store knew a moment ago; the engine looks again (consent
             # may have been withdrawn since) and puts it back in the park if it must wait.
@@ -148,7 +148,7 @@ class ParkSweeper:
             self._pipeline.release(parked, event, None, creation_waited=waited_all)
             if event is not None:
                 EVENTS_RELEASED.labels(topic=parked.topic).inc()
-                return released + 1, expired
+                return True
         else:
             waited = int((now - parked.parked_at).total_seconds())
             self._pipeline.release(
@@ -156,7 +156,7 @@ class ParkSweeper:
                 self._parse(parked),
                 f"no ClientID, phone or email for the client after {waited}s",
             )
-        return released, expired + 1
+        return False
 
     def _parse(self, parked: ParkedEvent) -> Event | None:
         """The parked record read again (it was valid when it parked)."""

@@ -252,11 +252,9 @@ def on_payment(
             return Wait("the deal's creation time is not known yet")
         created, rules = event.occurred_at, ("created_at_from_payment",)
     stale = is_stale(order, event.occurred_at, None)
-    if stale:
-        assert order is not None
-        base = order if order.created_at is not None else replace(order, created_at=created)
-    else:
-        base = _base(order, event.deal_id, event.client_uniq_id, created)
+    # A stale event counts its money but does not take the order to the client it names.
+    client = order.client_uniq_id if stale and order is not None else event.client_uniq_id
+    base = _base(order, event.deal_id, client, created)
     counted = replace(
         base,
         payments={**base.payments, event.payment_id: event.amount},
