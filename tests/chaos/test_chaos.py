@@ -1,7 +1,10 @@
 """The chaos scenario (issue 7), judged by an exact accounting by event id.
 
-The short run is part of the normal suite; the long one runs with ``make chaos`` and keeps its
-report in ``docs/chaos-report.md``. Both are the same scenario (:mod:`tests.support.chaos`).
+The short run (two instances per topic) is part of the normal suite; the long one (three) and
+the reconciler phase (a retry budget longer than the old known-upload window, answers lost
+after Metrica applied the upload, SIGKILLs meanwhile) run with ``make chaos`` and keep their
+reports in ``docs/chaos-report.md`` and ``docs/chaos-report-reconcile.md``. All are the same
+scenario with other profiles (:mod:`tests.support.chaos`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from rich.console import Console
 
 from metrica_bridge.config import PROJECT_ROOT
 from tests.support.accounting import account
-from tests.support.chaos import LONG, SHORT, Profile, run_scenario
+from tests.support.chaos import LONG, RECONCILE, SHORT, Profile, run_scenario
 from tests.support.kafka import TopicFactory
 
 
@@ -58,7 +61,14 @@ def test_chaos_short(
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
+@pytest.mark.parametrize(
+    ("profile", "report"),
+    [(LONG, "chaos-report.md"), (RECONCILE, "chaos-report-reconcile.md")],
+    ids=["long", "reconcile"],
+)
 def test_chaos_long(
+    profile: Profile,
+    report: str,
     bootstrap: str,
     topics: TopicFactory,
     postgres_url: str,
@@ -71,11 +81,11 @@ def test_chaos_long(
     with capsys.disabled():
         console = Console(file=sys.stdout, width=140)
         _run(
-            LONG,
+            profile,
             bootstrap,
             topics,
             postgres_url,
             tmp_path,
-            PROJECT_ROOT / "docs" / "chaos-report.md",
+            PROJECT_ROOT / "docs" / report,
             console,
         )

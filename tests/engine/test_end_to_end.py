@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 
 from metrica_bridge.codec import Codec
@@ -109,6 +110,26 @@ def test_simulated_stream_ends_in_the_expected_metrica_state(
             deal.ordered(),
         )
         assert len(history) <= len(deal.events)
+        # Every revenue it showed is one its events lead to; it ends with the deal's (issue 16).
+        revenues = deal.revenues(unattributable)
+        shown = [_cents(h["revenue"]) for h in order["history"]]
+        assert set(shown) <= revenues, (deal_id, shown, sorted(map(str, revenues - {None})))
+    for deal_id in expected.in_metrica():
+        want = expected.deals[deal_id].final_revenue()
+        assert _cents(orders[deal_id].get("revenue")) == want, (deal_id, want)
+    # Every identified client's contact holds every identifier its leads told.
+    contacts = {c["uniq_id"]: c for c in sandbox.contacts(COUNTER)}
+    for client in expected.identified - expected.uncertain:
+        want_ids = expected.contacts[client].expected()
+        got_ids = tuple({str(v) for v in contacts[client].get(f) or []} for f in IDENTIFIERS)
+        assert got_ids == want_ids, client
+
+
+IDENTIFIERS = ("client_ids", "phones", "emails")
+
+
+def _cents(value: object) -> Decimal | None:
+    return None if value is None else Decimal(str(value)).quantize(Decimal("0.01"))
 
 
 def _event_id(value: bytes | None) -> str:

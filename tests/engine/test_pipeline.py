@@ -84,14 +84,15 @@ def _payment(
     client: str = "C1",
     currency: str = "RUB",
     created: datetime | None = None,
+    amount: str = "500.00",
 ) -> bytes:
     record = {
         "event_id": f"payment-{n}",
-        "occurred_at": T0 + timedelta(minutes=30),
+        "occurred_at": T0 + timedelta(minutes=30 + n),
         "payment_id": f"P{n}",
         "deal_id": deal,
         "client_uniq_id": client,
-        "amount": Decimal("500.00"),
+        "amount": Decimal(amount),
         "currency": currency,
         "deal_created_at": created,
     }
@@ -223,17 +224,40 @@ async def test_a_payment_waits_in_the_park_for_the_deals_creation_time(
     assert await sweeper.sweep() == 0  # nothing it waits for has come
     engine.feed("deal-status-changed", "D1", _status(1, "D1", "qualified", 1))
     await engine.settle(3)
-    # The status parks behind the deal's parked payment, to keep the deal's order; it waits for
-    # nothing else and leaves at the next sweep, then the payment it brought the time for.
-    assert await sweeper.sweep() == 1
+    # The status parks behind the deal's parked payment, to keep the deal's order; the creation
+    # time it names makes the payment ready too, and both leave in the deal's order.
+    assert await sweeper.sweep() == 2
     await engine.ends("status-1", "delivered")
-    assert await sweeper.sweep() == 1
     await engine.ends("payment-1", "delivered")
     [order] = sandbox.orders(COUNTER)
     assert order["create_date_time"] == _metrica_time(engine, T0 - timedelta(minutes=5))
     paid = engine.pipeline.statuses.paid.id
     assert [h["order_status"] for h in order["history"]] == ["qualified", paid]
     assert order["revenue"] == 500
+
+
+async def test_a_later_payment_never_reaches_metrica_before_the_one_waiting_for_creation(
+    engine: Engine, sandbox: SandboxServer
+) -> None:
+    """Issue 16, item 13: the first payment waits for the deal's creation time, the second
+    (which names it) parks behind it. It used to leave the park first, as it waited for nothing,
+    and Metrica showed the second payment alone as the deal's revenue; now the first payment
+    takes the creation time the second one names, and they go in the deal's order."""
+    created = T0 - timedelta(minutes=5)
+    sweeper = ParkSweeper(engine.pipeline, engine.topics.values(), max_wait_s=600)
+    engine.feed("lead-created", "L1", _lead(1, None))
+    engine.feed("payment-received", "D1", _payment(1, "D1", amount="100.00"))
+    engine.feed("payment-received", "D1", _payment(2, "D1", amount="250.00", created=created))
+    await engine.settle(3)
+    with sqlite3.connect(engine.db) as conn:
+        parked = conn.execute("SELECT event_id, waits_for FROM parked ORDER BY 1").fetchall()
+    assert parked == [("payment-1", "creation"), ("payment-2", "identity")]
+    assert await sweeper.sweep() == 2
+    await engine.ends("payment-1", "delivered")
+    await engine.ends("payment-2", "delivered")
+    [order] = sandbox.orders(COUNTER)
+    assert [h["revenue"] for h in order["history"]] == [100, 350]
+    assert order["create_date_time"] == _metrica_time(engine, created)
 
 
 async def test_a_payment_that_waited_its_whole_time_creates_the_order_by_rule(
@@ -251,7 +275,7 @@ async def test_a_payment_that_waited_its_whole_time_creates_the_order_by_rule(
     assert await sweeper.sweep() == 1
     await engine.ends("payment-1", "delivered")
     [order] = sandbox.orders(COUNTER)
-    assert order["create_date_time"] == _metrica_time(engine, T0 + timedelta(minutes=30))
+    assert order["create_date_time"] == _metrica_time(engine, T0 + timedelta(minutes=31))
     after = REGISTRY.get_sample_value(
         "metrica_bridge_order_rules_total", {"rule": "created_at_from_payment"}
     )

@@ -27,7 +27,8 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         api.post("/data/contacts/json?merge_mode=SAVE", json=example(EXAMPLE_A))
         api.post("/data/orders/json?merge_mode=SAVE", json={"orders": [order()]})
         api.post(
-            "/data/orders/json?merge_mode=UPDATE", json={"orders": [order(order_status="won")]}
+            "/data/orders/json?merge_mode=UPDATE",
+            json={"orders": [order(order_status="won", revenue=120.5)]},
         )
         api.post("/data/orders/json", json={"orders": [order()]})  # rejected, logged too
         before = (sb.contacts(COUNTER), sb.orders(COUNTER), sb.uploads(COUNTER))
@@ -52,6 +53,10 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         assert moved.status_code == 400
         [stored] = sb.orders(COUNTER)
         assert [h["order_status"] for h in stored["history"]] == ["new", "won", "lost"]
+        # Each entry keeps the revenue and client the order had after it (the chaos accounting
+        # checks them), across the restart too.
+        assert [h["revenue"] for h in stored["history"]] == [None, 120.5, 120.5]
+        assert {h["client_uniq_id"] for h in stored["history"]} == {"crm-contact-42"}
         sb.reset()
 
     with SandboxServer(tokens=[TOKEN], counter_ids=[COUNTER], state_path=path) as sb:

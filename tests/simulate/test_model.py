@@ -78,6 +78,10 @@ def test_exact_count_and_shares(
         "empty_event_id",
         "negative_amount",
         "wrong_type",
+        "null_key",
+        "control_chars",
+        "far_future",
+        "oversized_text",
     }
     assert {m.story for m in stream if m.story} == {s.value for s in Story}
 
@@ -118,6 +122,10 @@ def test_poison_fails_the_way_its_fate_says(stream: list[SimulatedMessage], code
                 codec.decode(message.value)
             continue
         decoded = codec.decode(message.value)  # well-formed Avro that breaks the contract
+        if message.poison == "null_key":  # a valid record; the missing key breaks it
+            assert message.key is None
+            _validate(decoded.schema_name, decoded.record, EventKind(message.topic))
+            continue
         with pytest.raises(InvalidEvent):
             _validate(decoded.schema_name, decoded.record, EventKind(message.topic))
 

@@ -201,6 +201,20 @@ def test_a_payment_before_the_deals_creation_time_waits_instead_of_guessing() ->
     assert counted.rules == ()
 
 
+def test_a_payment_takes_the_creation_time_a_later_event_of_its_deal_named() -> None:
+    """Issue 16, item 13: the park hands the creation time a later parked event names to the
+    payment that waited for it, so the payment goes first, as it came."""
+    early = payment(NOW, "P1", "10", created=None)
+    verdict = mapping.on_payment(None, early, STATUSES, NOW, deal_created_at=CREATED)
+    assert isinstance(verdict, mapping.Send)
+    assert (verdict.record.create_date_time, verdict.rules) == (CREATED, ())
+    # An order's own creation time stays whatever a parked event says (it is immutable).
+    order = OrderState("D1", "C1", created_at=CREATED)
+    later = mapping.on_payment(order, early, STATUSES, NOW, deal_created_at=NOW)
+    assert isinstance(later, mapping.Send)
+    assert later.record.create_date_time == CREATED
+
+
 def test_after_its_whole_wait_a_payment_creates_the_order_by_rule() -> None:
     early = payment(NOW, "P1", "10", created=None)
     verdict = mapping.on_payment(None, early, STATUSES, NOW, creation_waited=True)

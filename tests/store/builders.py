@@ -25,6 +25,8 @@ def parked(
     version: int | None = None,
     parked_at: datetime = T0,
     offset: int = 0,
+    waits_for: str = "identity",
+    deal_created_at: datetime | None = None,
 ) -> ParkedEvent:
     return ParkedEvent(
         event_id=event_id,
@@ -40,6 +42,8 @@ def parked(
         version=version,
         parked_at=parked_at,
         timestamp_ms=1714564800123,
+        waits_for=waits_for,
+        deal_created_at=deal_created_at,
     )
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from datetime import timedelta
 
 from metrica_bridge.store import Changes, IdentityUpdate, Store
@@ -79,8 +80,11 @@ def test_order_topics_and_limit(store: Store) -> None:
     store.apply(Changes(park=events))
     store.merge_identities([IdentityUpdate("c1", client_ids=("1",))])
     first = store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 3)
-    rest = store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)
     assert [e.event_id for e in first] == ["a-1", "b-nov", "b-v1"]
+    # The rest of deal b waits while its first events are in flight, then follows them.
+    assert store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10) == []
+    store.apply(Changes(unpark=["b-nov", "b-v1"]))
+    rest = store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)
     assert [e.event_id for e in rest] == ["b-v2", "b-late"]
     assert store.take_ready_parked(["lead-created"], "w", 60, LONG_AGO, 0) == []
     assert store.take_ready_parked([], "w", 60, LONG_AGO, 10) == []
@@ -123,17 +127,66 @@ def test_concurrent_takers_never_share_an_event(make_store: StoreFactory) -> Non
     seed.merge_identities([IdentityUpdate(f"c{k}", client_ids=(str(k),)) for k in range(3)])
     stores = [make_store() for _ in range(4)]
     taken: dict[int, list[str]] = {}
+    # (deal, event) in the order taken, across takers: appended before the taker lets go.
+    sequence: list[tuple[str, str]] = []
+    lock = threading.Lock()
 
     def run(i: int) -> None:
         mine: list[str] = []
         while batch := stores[i].take_ready_parked(TOPICS, f"w{i}", 60, LONG_AGO, 7):
             mine += [e.event_id for e in batch]
+            with lock:
+                sequence.extend((e.deal_id or "", e.event_id) for e in batch)
+            stores[i].apply(Changes(unpark=[e.event_id for e in batch]))  # handled
         taken[i] = mine
 
     run_together(len(stores), run)
     everything = [eid for mine in taken.values() for eid in mine]
     assert len(taken) == len(stores)
     assert sorted(everything) == [f"e{i:03d}" for i in range(150)]
+    # No deal's events were in two takers' hands at once, so each deal left the park in order
+    # (issue 16, item 13: two processes raced one deal's payments to Metrica).
+    by_deal: dict[str, list[str]] = {}
+    for deal, event_id in sequence:
+        by_deal.setdefault(deal, []).append(event_id)
+    assert all(events == sorted(events) for events in by_deal.values()), by_deal
+
+
+def test_a_creation_wait_is_ready_once_a_parked_event_of_its_deal_names_the_time(
+    store: Store,
+) -> None:
+    """Issue 16, item 13: the payment waiting for its deal's creation time leaves first, with
+    the time the later event behind it names, instead of that event leaving alone ahead of it."""
+    first = parked("p1", "d1", "c1", topic="payment-received", waits_for=WAITS_CREATION)
+    behind = parked("p2", "d1", "c1", topic="payment-received", at_s=5, deal_created_at=T0)
+    store.apply(Changes(park=[first]))
+    store.merge_identities([IdentityUpdate("c1", client_ids=("1",))])
+    assert store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10) == []
+    store.apply(Changes(park=[behind]))
+    taken = store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)
+    assert [(e.event_id, e.deal_created_at) for e in taken] == [("p1", T0), ("p2", T0)]
+
+
+def test_nothing_of_a_deal_leaves_ahead_of_an_event_that_must_still_wait(store: Store) -> None:
+    waiting = parked("p1", "d1", "c1", topic="payment-received", waits_for=WAITS_CREATION)
+    # Ready on its own (its client is known), but later in the deal than the waiting payment;
+    # another deal's event goes on.
+    store.apply(Changes(park=[waiting, parked("s2", "d1", "c1", at_s=5), parked("x", "d2", "c1")]))
+    store.merge_identities([IdentityUpdate("c1", client_ids=("1",))])
+    assert [e.event_id for e in store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)] == ["x"]
+    store.apply(Changes(orders=[OrderState("d1", "c1", created_at=T0)]))
+    taken = store.take_ready_parked(TOPICS, "w", 60, LONG_AGO, 10)
+    assert [e.event_id for e in taken] == ["p1", "s2"]
+
+
+def test_a_deal_with_an_event_in_flight_is_left_to_wait(store: Store) -> None:
+    store.apply(Changes(park=[parked("e1", "d1", "c1"), parked("e2", "d1", "c1", at_s=1)]))
+    store.merge_identities([IdentityUpdate("c1", client_ids=("1",))])
+    assert [e.event_id for e in store.take_ready_parked(TOPICS, "a", 60, LONG_AGO, 1)] == ["e1"]
+    # e2 is ready too, but another process taking it would race e1 to the order.
+    assert store.take_ready_parked(TOPICS, "b", 60, LONG_AGO, 10) == []
+    store.apply(Changes(unpark=["e1"]))
+    assert [e.event_id for e in store.take_ready_parked(TOPICS, "b", 60, LONG_AGO, 10)] == ["e2"]
 
 
 def test_a_payment_waiting_for_its_creation_time_moves_when_the_order_has_one(

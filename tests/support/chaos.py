@@ -10,6 +10,8 @@ Every random choice comes from the profile's seed, so a failing run can be looke
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import threading
@@ -62,6 +64,11 @@ class Profile:
     seed: int = 7
     error_rate: float = 0.10
     quota_burst: int = 25
+    # Uploads Metrica applies and then answers with a 503 (the answer lost): the sender retries
+    # them, and a process killed meanwhile leaves an open intent for the reconciler.
+    apply_then_fail_rate: float = 0.0
+    # The reconciler's verdicts are read from the instances' INFO lines (the reconciler phase).
+    log_level: str = "WARNING"
 
 
 SHORT = Profile(
@@ -79,6 +86,31 @@ SHORT = Profile(
     park_max_wait_s=25,
     settle_s=120,
     requests_per_second=5,
+)
+
+# The reconciler phase (issue 16, item 9): the retry budget (75 s) is longer than the old fixed
+# 60 s known-upload window, uploads are applied and then answered with a 503, and instances are
+# SIGKILLed while their uploads are unanswered; every crashed run's intent must be credited to
+# its own upload or sent again, never to another's. No outage: nothing exhausts its retries.
+RECONCILE = Profile(
+    name="reconcile",
+    events=1_200,
+    partitions=3,
+    instances=2,
+    fault_s=45,
+    produce_s=30,
+    actions={"join": 1, "leave": 1, "kill": 6, "burst": 0},
+    outage_at_s=0,
+    outage_s=0,
+    retry_budget_s=75,
+    retry_max_attempts=12,
+    park_max_wait_s=25,
+    settle_s=240,
+    requests_per_second=5,
+    seed=11,
+    error_rate=0.05,
+    apply_then_fail_rate=0.25,
+    log_level="INFO",
 )
 
 LONG = Profile(
@@ -130,12 +162,14 @@ class Outcome:
     identified_at: dict[str, datetime]  # client -> when the store first had an identifier
     dead_letters: list[ConsumedMessage]
     orders: list[dict[str, Any]]
+    contacts: list[dict[str, Any]]
     uploads: list[dict[str, Any]]
     replays: list[ReplaySummary]
     replay_errors: list[str]
     timeline: list[Step]
     exit_codes: dict[str, int | None]  # instance name -> exit code after SIGTERM (None: hung)
     token_leaks: list[str]  # log files that contain the token
+    reconciled: list[dict[str, Any]]  # the reconciler's verdicts, from the instances' logs
     settled: bool  # everything was recorded before the settle timeout
     elapsed_s: float
     instances_started: int
@@ -289,13 +323,23 @@ def run_scenario(
             metrica_daily_budget=10_000_000,
             batch_linger_ms=300,
             commit_interval_ms=200,
-            log_level=os.environ.get("CHAOS_LOG_LEVEL", "WARNING"),
+            log_level=os.environ.get("CHAOS_LOG_LEVEL", profile.log_level),
         )
         _watch_identities(postgres_url)
         fleet = Fleet(env, log_dir, clock, timeline)
         try:
-            sandbox.set_faults(seed=profile.seed, error_rate=profile.error_rate, error_status=503)
+            sandbox.set_faults(
+                seed=profile.seed,
+                error_rate=profile.error_rate,
+                error_status=503,
+                apply_then_fail_rate=profile.apply_then_fail_rate,
+            )
             fleet.note("faults", f"{profile.error_rate:.0%} of requests answer 503")
+            if profile.apply_then_fail_rate:
+                fleet.note(
+                    "faults",
+                    f"{profile.apply_then_fail_rate:.0%} of uploads applied, then answered 503",
+                )
             for name in names.values():
                 fleet.join(name)
             producer = threading.Thread(
@@ -305,7 +349,12 @@ def run_scenario(
             fleet.note("produce", f"{len(messages)} messages over {profile.produce_s:.0f}s")
             _chaos(profile, fleet, sandbox, list(names.values()), rng, clock, progress)
             producer.join(timeout=120)
-            sandbox.set_faults(error_rate=0.0, outage_seconds=0, quota_burst={"count": 0})
+            sandbox.set_faults(
+                error_rate=0.0,
+                outage_seconds=0,
+                quota_burst={"count": 0},
+                apply_then_fail_rate=0.0,
+            )
             fleet.note("faults", "off")
             for name in names.values():
                 fleet.ensure(name, 1)
@@ -353,6 +402,7 @@ def run_scenario(
             fleet.stop()
             fleet.note("stop", "every instance got SIGTERM")
         orders = sandbox.orders(COUNTER)
+        contacts = sandbox.contacts(COUNTER)
         uploads = sandbox.uploads(COUNTER)
     ledger, parked, claims, identified_at = _read_store(postgres_url)
     floor = sum(1 for m in messages if m.facts is None)  # the poison, at least
@@ -370,18 +420,33 @@ def run_scenario(
         identified_at=identified_at,
         dead_letters=dead_letters,
         orders=orders,
+        contacts=contacts,
         uploads=uploads,
         replays=replays,
         replay_errors=replay_errors,
         timeline=timeline,
         exit_codes=fleet.exit_codes,
         token_leaks=leaks,
+        reconciled=_reconciled(log_dir),
         settled=settled,
         elapsed_s=clock(),
         instances_started=len(fleet.every),
         crashes=fleet.crashes,
         kills=fleet.kills,
     )
+
+
+def _reconciled(log_dir: Path) -> list[dict[str, Any]]:
+    verdicts = []
+    for path in sorted(log_dir.glob("*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if RECONCILED in line:
+                with contextlib.suppress(ValueError):
+                    verdicts.append(json.loads(line))
+    return verdicts
+
+
+RECONCILED = "in-flight upload of a previous run reconciled"
 
 
 def _produce(bootstrap: str, messages: list[SimulatedMessage], over_s: float) -> None:
@@ -404,7 +469,7 @@ def _chaos(
     deck = [action for action, n in profile.actions.items() for _ in range(n)]
     rng.shuffle(deck)
     gap = profile.fault_s / (len(deck) + 1)
-    outage_done = False
+    outage_done = profile.outage_s <= 0
     for index, action in enumerate(deck, start=1):
         _sleep_until(clock, index * gap + rng.uniform(-gap / 3, gap / 3), fleet)
         if not outage_done and clock() >= profile.outage_at_s:

@@ -218,6 +218,7 @@ class Pipeline:
             expired=expired,
             parked_id=parked.event_id,
             creation_waited=creation_waited,
+            deal_created_at=parked.deal_created_at,
         )
         if event is None and expired is None:
             work.expired = "the parked record can no longer be read"
@@ -480,7 +481,12 @@ class Pipeline:
         else:
             assert isinstance(event, PaymentReceived)
             verdict = mapping.on_payment(
-                order, event, self.statuses, now, creation_waited=work.creation_waited
+                order,
+                event,
+                self.statuses,
+                now,
+                creation_waited=work.creation_waited,
+                deal_created_at=work.deal_created_at,
             )
             if isinstance(verdict, mapping.Wait):
                 self._wait(work, event.client_uniq_id, deal, None, WAITS_CREATION)
@@ -610,6 +616,7 @@ class Pipeline:
             parked_at=datetime.now(UTC),
             timestamp_ms=source.timestamp_ms,
             waits_for=waits_for,
+            deal_created_at=_created(event),
         )
         waiting = "client's identity" if waits_for == WAITS_IDENTITY else "deal's creation time"
         log.debug(f"parked until the {waiting} arrives", **work.log_fields())
@@ -931,6 +938,13 @@ def _client(work: Work) -> str:
     event = work.event
     assert isinstance(event, DealStatusChanged | PaymentReceived)
     return event.client_uniq_id
+
+
+def _created(event: Event) -> datetime | None:
+    """The deal's creation time as the event tells it (a lead opening a deal creates it)."""
+    if isinstance(event, LeadCreated):
+        return event.occurred_at if event.deal_id is not None else None
+    return event.deal_created_at
 
 
 def _position(source: SourceRecord) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from metrica_bridge.engine.offsets import TopicPartition
@@ -33,6 +34,8 @@ class Work:
     on_done: Done | None = None  # completes the offset (live records)
     expired: str | None = None  # parked too long: dead-letter as unattributable, this reason
     creation_waited: bool = False  # waited its whole time for the deal's creation time
+    # Released work: the deal's creation time as another parked event of the deal named it.
+    deal_created_at: datetime | None = None
     parked_id: str | None = None  # the event id it was parked under
     started: bool = False
     attempts: int = 0  # failed attempts so far (store, broker, or the record's own handling)

@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS orders (
     PRIMARY KEY (counter_id, order_id));
 CREATE TABLE IF NOT EXISTS order_history (
     seq INTEGER PRIMARY KEY, counter_id INTEGER NOT NULL, order_id TEXT NOT NULL,
-    order_status TEXT NOT NULL, uploading_id TEXT NOT NULL, received_at TEXT NOT NULL);
+    order_status TEXT NOT NULL, uploading_id TEXT NOT NULL, received_at TEXT NOT NULL,
+    entry TEXT);
 CREATE TABLE IF NOT EXISTS order_statuses (
     counter_id INTEGER NOT NULL, status_id TEXT NOT NULL, doc TEXT NOT NULL,
     PRIMARY KEY (counter_id, status_id));
@@ -42,6 +43,10 @@ class SqliteState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # A state file from before the history kept whole entries (issue 16) gains the column.
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(order_history)")}
+        if "entry" not in columns:
+            self._db.execute("ALTER TABLE order_history ADD COLUMN entry TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -66,14 +71,15 @@ class SqliteState:
             yield cid, order_id, json.loads(doc), first_paid_at
 
     def history(self) -> Iterator[tuple[int, str, dict[str, Any]]]:
-        for cid, order_id, status, uploading_id, received_at in self._db.execute(
-            "SELECT counter_id, order_id, order_status, uploading_id, received_at "
+        for cid, order_id, status, uploading_id, received_at, entry in self._db.execute(
+            "SELECT counter_id, order_id, order_status, uploading_id, received_at, entry "
             "FROM order_history ORDER BY seq"
         ):
             yield (
                 cid,
                 order_id,
                 {
+                    **(json.loads(entry) if entry else {}),
                     "order_status": status,
                     "uploading_id": uploading_id,
                     "received_at": received_at,
@@ -123,10 +129,10 @@ class SqliteState:
             )
             db.executemany(
                 "INSERT INTO order_history "
-                "(counter_id, order_id, order_status, uploading_id, received_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "(counter_id, order_id, order_status, uploading_id, received_at, entry) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (cid, key, e["order_status"], e["uploading_id"], e["received_at"])
+                    (cid, key, e["order_status"], e["uploading_id"], e["received_at"], _dumps(e))
                     for cid, key, e in history
                 ],
             )

@@ -410,8 +410,11 @@ class Store:
             status = order.record["order_status"]
             if order.first_paid_at is None and c.status_type(status) == "PAID":
                 order.first_paid_at = local_now
+            # Revenue and client too, beyond DESIGN.md §7's three fields: the chaos accounting
+            # checks every state an order passed through, not only its status (issue 16).
             entry = {"order_status": status, "uploading_id": upload.uploading_id,
-                     "received_at": received_at}  # fmt: skip
+                     "received_at": received_at, "revenue": order.record.get("revenue"),
+                     "client_uniq_id": order.record.get("client_uniq_id")}  # fmt: skip
             order.history.append(entry)
             changed.append((counter_id, order_id, order.record, order.first_paid_at))
             history.append((counter_id, order_id, entry))

@@ -7,7 +7,10 @@ Each kind has one expected DLQ class (DESIGN.md §5):
   → ``decode_error``;
 * ``empty_event_id`` — a valid record with ``event_id = ""`` → ``invalid_event``;
 * ``negative_amount`` — a payment of a negative amount → ``invalid_event``;
-* ``wrong_type`` — a valid record of another event type on the topic → ``invalid_event``.
+* ``wrong_type`` — a valid record of another event type on the topic → ``invalid_event``;
+* hostile but decodable values (issue 16), each → ``invalid_event``: ``null_key`` (a valid
+  record without a key), ``control_chars`` (U+0000 in a lead's client name), ``far_future``
+  (a status change dated in the year 3000), ``oversized_text`` (a 5,000-character name).
 
 Poison uses entities of its own (ids with an ``X``), so it never touches the expected state of
 the well-formed stream.
@@ -15,6 +18,7 @@ the well-formed stream.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from metrica_bridge.codec import WireFormat
@@ -37,7 +41,13 @@ POISON_WEIGHTS: dict[str, int] = {
     "empty_event_id": 20,
     "negative_amount": 15,
     "wrong_type": 15,
+    "null_key": 10,
+    "control_chars": 10,
+    "far_future": 10,
+    "oversized_text": 10,
 }
+FAR_FUTURE = datetime(3000, 1, 1, tzinfo=UTC)
+HOSTILE = frozenset({"null_key", "control_chars", "far_future", "oversized_text"})
 _NOT_MAGIC = [b for b in range(256) if b not in (0x00, 0xC3)]
 _HEADER_BYTES = {WireFormat.SINGLE_OBJECT: 10, WireFormat.CONFLUENT: 5}
 
@@ -61,6 +71,8 @@ class PoisonMaker:
             return self.invalid(schema, schema, kind, event_id="")
         if kind == "negative_amount":
             return self.invalid(PAYMENT, PAYMENT, kind, amount_cents=-self.rng.between(1, 10**6))
+        if kind in HOSTILE:
+            return self.hostile(kind)
         on_topic = self.rng.pick((LEAD, DEAL, PAYMENT))
         written = self.rng.pick([s for s in (LEAD, DEAL, PAYMENT) if s != on_topic])
         return self.invalid(written, on_topic, kind)
@@ -112,6 +124,25 @@ class PoisonMaker:
 
     def encode(self, schema: str, record: dict[str, Any]) -> bytes:
         return self.gen.codec.encode(schema, record, self.gen.config.wire)
+
+    def hostile(self, kind: str) -> SimulatedMessage:
+        schema = DEAL if kind in ("far_future", "null_key") else LEAD
+        record, key = self.record(schema, self.gen.event_id(), 10_000)
+        if kind == "far_future":
+            record["occurred_at"] = FAR_FUTURE
+        elif kind == "control_chars":
+            record["client"]["name"] = "Ivan\x00Petrov"
+        elif kind == "oversized_text":
+            record["client"]["name"] = "Я" * 5_000
+        return SimulatedMessage(
+            self.gen.topics[schema],
+            None if kind == "null_key" else key.encode(),
+            self.encode(schema, record),
+            record["event_id"],
+            schema.rsplit(".", 1)[1],
+            Fate.INVALID_EVENT,
+            poison=kind,
+        )
 
     def garbage(self) -> SimulatedMessage:
         rng = self.rng

@@ -234,10 +234,13 @@ def on_payment(
     now: datetime,
     *,
     creation_waited: bool = False,
+    deal_created_at: datetime | None = None,
 ) -> Verdict:
     """``creation_waited``: the event waited its whole time in the park for the deal's creation
     time; the order is then created at the payment's time (the latest the deal can have been
-    created), counted as decided by rule."""
+    created), counted as decided by rule. ``deal_created_at``: the deal's creation time as a
+    later event of the deal, parked behind this one, names it (issue 16, item 13: without it,
+    that later event went first and the order showed its payment alone)."""
     if order is not None and event.payment_id in order.payments:
         return Skip("skipped", "payment already counted")
     known = order.currency if order is not None else None
@@ -246,7 +249,11 @@ def on_payment(
         # no CRM figure matches. The event goes to the DLQ, visible, replayable once fixed.
         return Invalid(f"payment in {event.currency} for an order in {known}")
     rules: tuple[str, ...] = ()
-    created = event.deal_created_at or (order.created_at if order is not None else None)
+    created = (
+        event.deal_created_at
+        or (order.created_at if order is not None else None)
+        or deal_created_at
+    )
     if created is None:
         if not creation_waited:
             return Wait("the deal's creation time is not known yet")

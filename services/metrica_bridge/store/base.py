@@ -108,6 +108,9 @@ class ParkedEvent:
     parked_at: datetime
     timestamp_ms: int | None = None  # the original Kafka record timestamp
     waits_for: str = "identity"  # WAITS_IDENTITY or WAITS_CREATION
+    # Parking: the deal's creation time this event names, if any. Taken from the park: the
+    # earliest one any parked event of the deal names (a payment waiting for it uses it).
+    deal_created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,14 @@ from metrica_bridge.store.codec import (
 
 # pg_advisory_lock key serialising migrations across instances ("metrica-bridge" in ASCII).
 MIGRATION_LOCK_KEY = 0x6D65747269636162
+# Parked event e comes before d in their deal's order (codec.park_order).
+_EARLIER = (
+    "(e.occurred_at, e.versioned, e.version, e.topic, e.kafka_partition, e.kafka_offset,"
+    " e.event_id) < (d.occurred_at, d.versioned, d.version, d.topic, d.kafka_partition,"
+    " d.kafka_offset, d.event_id)"
+)
+# pg_advisory_xact_lock key serialising park sweeps across instances.
+SWEEP_LOCK_KEY = MIGRATION_LOCK_KEY + 1
 
 Conn = Connection[tuple[Any, ...]]
 
@@ -332,17 +340,39 @@ class PostgresStore:
         if not topic_list or limit <= 0:
             return []
         creation_expired = creation_expired_before or expired_before
-        with self._conn("take_ready_parked") as conn:
+        with self._conn("take_ready_parked") as conn, conn.transaction():
+            # Sweeps take turns, so each sees the leases the one before it took: a deal with a
+            # leased event is left alone (below), and two sweeps running at once would each
+            # miss the other's lease and take both ends of one deal.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SWEEP_LOCK_KEY,))
             rows = conn.execute(
-                "WITH ready AS ("
-                " SELECT p.event_id FROM parked p"
-                " WHERE p.topic = ANY(%(topics)s) AND p.lease_expires_at <= now()"
-                "  AND (CASE WHEN EXISTS (SELECT 1 FROM identities i"
+                "WITH deal AS ("
+                # Every parked event of the deals this sweep may touch, whatever their topic,
+                # with whether it may leave now and its place in the deal's order.
+                " SELECT p.event_id, p.deal_id, p.lease_expires_at, p.occurred_at,"
+                "  p.version IS NOT NULL AS versioned, coalesce(p.version, 0) AS version,"
+                "  p.topic, p.kafka_partition, p.kafka_offset,"
+                "  (CASE WHEN EXISTS (SELECT 1 FROM identities i"
                 "    WHERE i.client_uniq_id = p.client_uniq_id AND i.has_identifier)"
                 "   THEN p.waits_for = 'identity' OR p.parked_at < %(creation_expired)s"
                 "    OR EXISTS (SELECT 1 FROM orders o"
                 "     WHERE o.deal_id = p.deal_id AND o.created_at IS NOT NULL)"
-                "   ELSE p.parked_at < %(expired)s END)"
+                "    OR EXISTS (SELECT 1 FROM parked s"
+                "     WHERE s.deal_id = p.deal_id AND s.deal_created_at IS NOT NULL)"
+                "   ELSE p.parked_at < %(expired)s END) AS ready"
+                " FROM parked p WHERE p.deal_id IN"
+                "  (SELECT deal_id FROM parked WHERE topic = ANY(%(topics)s))),"
+                " ready AS ("
+                " SELECT p.event_id FROM parked p JOIN deal d ON d.event_id = p.event_id"
+                " WHERE p.topic = ANY(%(topics)s) AND d.ready AND p.lease_expires_at <= now()"
+                # One deal's events leave the park in order, one sweep's worth at a time
+                # (issue 16, item 13: a later payment reached Metrica alone, before the earlier
+                # one): none while another of the deal is in flight (leased, here or elsewhere),
+                # and none ahead of an earlier one that must still wait.
+                "  AND NOT EXISTS (SELECT 1 FROM deal q"
+                "   WHERE q.deal_id = d.deal_id AND q.lease_expires_at > now())"
+                "  AND NOT EXISTS (SELECT 1 FROM deal e"
+                "   WHERE e.deal_id = d.deal_id AND NOT e.ready AND " + _EARLIER + ")"
                 " ORDER BY p.deal_id, p.occurred_at, p.version NULLS FIRST, p.topic,"
                 "  p.kafka_partition, p.kafka_offset, p.event_id"
                 " LIMIT %(limit)s FOR UPDATE OF p SKIP LOCKED)"
@@ -352,7 +382,9 @@ class PostgresStore:
                 " RETURNING parked.event_id, parked.topic, parked.kafka_partition,"
                 "  parked.kafka_offset, parked.record_key, parked.record_value, parked.headers,"
                 "  parked.client_uniq_id, parked.deal_id, parked.occurred_at, parked.version,"
-                "  parked.parked_at, parked.timestamp_ms, parked.waits_for",
+                "  parked.parked_at, parked.timestamp_ms, parked.waits_for,"
+                "  (SELECT min(s.deal_created_at) FROM parked s"
+                "   WHERE s.deal_id = parked.deal_id)",
                 {
                     "topics": topic_list,
                     "expired": utc(expired_before),
@@ -378,6 +410,7 @@ class PostgresStore:
                 parked_at=utc(row[11]),
                 timestamp_ms=row[12],
                 waits_for=row[13],
+                deal_created_at=None if row[14] is None else utc(row[14]),
             )
             for row in rows
         ]
@@ -625,12 +658,12 @@ def _apply(conn: Conn, changes: Changes) -> None:
         conn.execute(
             "INSERT INTO parked (event_id, topic, kafka_partition, kafka_offset, record_key,"
             " record_value, headers, client_uniq_id, deal_id, occurred_at, version, parked_at,"
-            " timestamp_ms, waits_for)"
-            " SELECT e, t, pa, o, k, v, h::jsonb, c, d, oa, ve, pk, ts, w"
+            " timestamp_ms, waits_for, deal_created_at)"
+            " SELECT e, t, pa, o, k, v, h::jsonb, c, d, oa, ve, pk, ts, w, dc"
             " FROM unnest(%s::text[], %s::text[], %s::integer[], %s::bigint[], %s::bytea[],"
             "  %s::bytea[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],"
-            "  %s::bigint[], %s::timestamptz[], %s::bigint[], %s::text[])"
-            "  AS x(e, t, pa, o, k, v, h, c, d, oa, ve, pk, ts, w)"
+            "  %s::bigint[], %s::timestamptz[], %s::bigint[], %s::text[], %s::timestamptz[])"
+            "  AS x(e, t, pa, o, k, v, h, c, d, oa, ve, pk, ts, w, dc)"
             " ON CONFLICT (event_id) DO NOTHING",
             (
                 [p.event_id for p in park],
@@ -647,6 +680,7 @@ def _apply(conn: Conn, changes: Changes) -> None:
                 [utc(p.parked_at) for p in park],
                 [p.timestamp_ms for p in park],
                 [p.waits_for for p in park],
+                [None if p.deal_created_at is None else utc(p.deal_created_at) for p in park],
             ),
         )
     if changes.unpark:

@@ -427,22 +427,48 @@ class SqliteStore:
         if not topic_list or limit <= 0:
             return []
         creation_expired = creation_expired_before or expired_before
-        marks = ",".join("?" * len(topic_list))
+        marks = ",".join(f":t{i}" for i in range(len(topic_list)))
         with self._write("take_ready_parked") as conn:
             now = to_us(now_utc())
             rows = conn.execute(
-                "SELECT p.event_id, p.topic, p.kafka_partition, p.kafka_offset, p.record_key,"
+                # The deal's order and readiness rules of the PostgreSQL store, which explains
+                # them; SQLite serialises sweeps by its write lock.
+                "WITH deal AS ("
+                " SELECT p.event_id, p.deal_id, p.lease_expires_at, p.occurred_at,"
+                "  p.version IS NOT NULL AS versioned, coalesce(p.version, 0) AS version,"
+                "  p.topic, p.kafka_partition, p.kafka_offset,"
+                "  (CASE WHEN EXISTS (SELECT 1 FROM identities i"
+                "    WHERE i.client_uniq_id = p.client_uniq_id AND i.has_identifier = 1)"
+                "   THEN p.waits_for = 'identity' OR p.parked_at < :creation_expired"
+                "    OR EXISTS (SELECT 1 FROM orders o"
+                "     WHERE o.deal_id = p.deal_id AND o.created_at IS NOT NULL)"
+                "    OR EXISTS (SELECT 1 FROM parked s"
+                "     WHERE s.deal_id = p.deal_id AND s.deal_created_at IS NOT NULL)"
+                "   ELSE p.parked_at < :expired END) AS ready"
+                " FROM parked p WHERE p.deal_id IN"
+                f"  (SELECT deal_id FROM parked WHERE topic IN ({marks})))"
+                " SELECT p.event_id, p.topic, p.kafka_partition, p.kafka_offset, p.record_key,"
                 " p.record_value, p.headers, p.client_uniq_id, p.deal_id, p.occurred_at,"
-                " p.version, p.parked_at, p.timestamp_ms, p.waits_for"
-                f" FROM parked p WHERE p.topic IN ({marks}) AND p.lease_expires_at <= ?"
-                " AND (CASE WHEN EXISTS (SELECT 1 FROM identities i"
-                "   WHERE i.client_uniq_id = p.client_uniq_id AND i.has_identifier = 1)"
-                "  THEN p.waits_for = 'identity' OR p.parked_at < ? OR EXISTS (SELECT 1"
-                "   FROM orders o WHERE o.deal_id = p.deal_id AND o.created_at IS NOT NULL)"
-                "  ELSE p.parked_at < ? END)"
+                " p.version, p.parked_at, p.timestamp_ms, p.waits_for,"
+                " (SELECT min(s.deal_created_at) FROM parked s WHERE s.deal_id = p.deal_id)"
+                " FROM parked p JOIN deal d ON d.event_id = p.event_id"
+                f" WHERE p.topic IN ({marks}) AND d.ready AND p.lease_expires_at <= :now"
+                " AND NOT EXISTS (SELECT 1 FROM deal q"
+                "  WHERE q.deal_id = d.deal_id AND q.lease_expires_at > :now)"
+                " AND NOT EXISTS (SELECT 1 FROM deal e"
+                "  WHERE e.deal_id = d.deal_id AND NOT e.ready AND"
+                "  (e.occurred_at, e.versioned, e.version, e.topic, e.kafka_partition,"
+                "   e.kafka_offset, e.event_id) < (d.occurred_at, d.versioned, d.version,"
+                "   d.topic, d.kafka_partition, d.kafka_offset, d.event_id))"
                 " ORDER BY p.deal_id, p.occurred_at, p.version, p.topic, p.kafka_partition,"
-                " p.kafka_offset, p.event_id LIMIT ?",
-                [*topic_list, now, to_us(creation_expired), to_us(expired_before), limit],
+                " p.kafka_offset, p.event_id LIMIT :limit",
+                {
+                    **{f"t{i}": topic for i, topic in enumerate(topic_list)},
+                    "now": now,
+                    "creation_expired": to_us(creation_expired),
+                    "expired": to_us(expired_before),
+                    "limit": limit,
+                },
             ).fetchall()
             conn.executemany(
                 "UPDATE parked SET lease_owner = ?, lease_expires_at = ? WHERE event_id = ?",
@@ -464,6 +490,7 @@ class SqliteStore:
                 parked_at=from_us(row[11]),
                 timestamp_ms=row[12],
                 waits_for=row[13],
+                deal_created_at=None if row[14] is None else from_us(row[14]),
             )
             for row in rows
         ]
@@ -701,6 +728,7 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
                 to_us(p.parked_at),
                 p.timestamp_ms,
                 p.waits_for,
+                None if p.deal_created_at is None else to_us(p.deal_created_at),
             )
             for p in first_per_event(changes.park)
         ]
@@ -708,8 +736,8 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
             lambda c: c.executemany(
                 "INSERT INTO parked (event_id, topic, kafka_partition, kafka_offset, record_key,"
                 " record_value, headers, client_uniq_id, deal_id, occurred_at, version,"
-                " parked_at, timestamp_ms, waits_for)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " parked_at, timestamp_ms, waits_for, deal_created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (event_id) DO NOTHING",
                 park_rows,
             )
