@@ -6,8 +6,8 @@ import pytest
 
 from metrica_bridge.config import ConfigError
 from metrica_bridge.store import Changes, StoreError, open_store, redact_url, sqlite_path
-from metrica_bridge.store.codec import migrations
 from metrica_bridge.store.postgres import PostgresStore
+from metrica_bridge.store.schema import migrations
 from tests.store.builders import entry, run_together
 from tests.store.conftest import StoreFactory
 

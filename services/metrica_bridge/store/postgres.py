@@ -35,24 +35,34 @@ from metrica_bridge.store.base import (
     StoreRefused,
     UploadIntent,
 )
-from metrica_bridge.store.codec import (
-    decode_headers,
-    decode_payments,
-    encode_headers,
-    encode_payments,
-    first_per_event,
-    fold_updates,
-    last_per_deal,
-    migrations,
-    park_order,
-    settle_ledger,
-    unique,
-    utc,
+from metrica_bridge.store.batches import unique
+from metrica_bridge.store.encoding import utc
+from metrica_bridge.store.rows import (
+    IDENTITY_COLUMNS,
+    INTENT,
+    INTENT_BEGUN_COLUMNS,
+    LEDGER_COLUMNS,
+    ORDER_COLUMNS,
+    PARKED_COLUMNS,
+    Converter,
+    as_is,
+    identity,
+    intent_values,
+    ledger_entry,
+    listed,
+    order_state,
+    order_values,
+    parked_in_order,
+    parked_selected,
+    parked_values,
+    upload_intent,
 )
+from metrica_bridge.store.rules import first_per_event, fold_updates, last_per_deal, settle_ledger
+from metrica_bridge.store.schema import migrations
 
 # pg_advisory_lock key serialising migrations across instances ("metrica-bridge" in ASCII).
 MIGRATION_LOCK_KEY = 0x6D65747269636162
-# Parked event e comes before d in their deal's order (codec.park_order).
+# Parked event e comes before d in their deal's order (rules.park_order).
 _EARLIER = (
     "(e.occurred_at, e.versioned, e.version, e.topic, e.kafka_partition, e.kafka_offset,"
     " e.event_id) < (d.occurred_at, d.versioned, d.version, d.topic, d.kafka_partition,"
@@ -66,6 +76,23 @@ Conn = Connection[tuple[Any, ...]]
 
 def _opt_utc(dt: datetime | None) -> datetime | None:
     return None if dt is None else utc(dt)
+
+
+def _strings(values: list[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(values)))  # an array has no order of its own once merged in SQL
+
+
+# Times as timestamptz (read back in UTC, the session's zone), numeric as Decimal and bytea as
+# memoryview, identifier lists as text[]; psycopg turns booleans into booleans both ways.
+_CONVERT = Converter(
+    read_time=utc,
+    write_time=utc,
+    read_decimal=as_is,
+    write_decimal=as_is,
+    read_strings=_strings,
+    read_bytes=bytes,
+    write_flag=as_is,
+)
 
 
 def _error(op: str, exc: Exception) -> StoreError:
@@ -170,21 +197,9 @@ class PostgresStore:
             return {}
         with self._conn("outcomes") as conn:
             rows = conn.execute(
-                "SELECT event_id, topic, outcome, detail, upload_id, recorded_at"
-                " FROM ledger WHERE event_id = ANY(%s)",
-                (keys,),
+                f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE event_id = ANY(%s)", (keys,)
             ).fetchall()
-        return {
-            row[0]: LedgerEntry(
-                event_id=row[0],
-                topic=row[1],
-                outcome=row[2],
-                detail=row[3],
-                upload_id=row[4],
-                recorded_at=utc(row[5]),
-            )
-            for row in rows
-        }
+        return {row[0]: ledger_entry(row, _CONVERT) for row in rows}
 
     def purge_ledger(self, older_than: datetime) -> int:
         with self._conn("purge_ledger") as conn:
@@ -223,7 +238,7 @@ class PostgresStore:
                 f"  consent = CASE WHEN {_NEWER_CONSENT} THEN EXCLUDED.consent ELSE i.consent END,"
                 f"  consent_at = CASE WHEN {_NEWER_CONSENT} THEN EXCLUDED.consent_at"
                 "   ELSE i.consent_at END"
-                " RETURNING " + _IDENTITY_COLUMNS,
+                " RETURNING " + IDENTITY_COLUMNS,
                 (
                     [u.client_uniq_id for u in rows],
                     [json.dumps(list(u.client_ids)) for u in rows],
@@ -234,7 +249,7 @@ class PostgresStore:
                     [u.consent_at if u.consent is not None else None for u in rows],
                 ),
             ).fetchall()
-        return {row[0]: _identity(row) for row in result}
+        return {row[0]: identity(row, _CONVERT) for row in result}
 
     def identities(self, client_uniq_ids: Iterable[str]) -> dict[str, Identity]:
         keys = unique(client_uniq_ids)
@@ -242,10 +257,10 @@ class PostgresStore:
             return {}
         with self._conn("identities") as conn:
             rows = conn.execute(
-                f"SELECT {_IDENTITY_COLUMNS} FROM identities WHERE client_uniq_id = ANY(%s)",
+                f"SELECT {IDENTITY_COLUMNS} FROM identities WHERE client_uniq_id = ANY(%s)",
                 (keys,),
             ).fetchall()
-        return {row[0]: _identity(row) for row in rows}
+        return {row[0]: identity(row, _CONVERT) for row in rows}
 
     # orders
 
@@ -255,28 +270,9 @@ class PostgresStore:
             return {}
         with self._conn("orders") as conn:
             rows = conn.execute(
-                "SELECT deal_id, client_uniq_id, created_at, applied_at, applied_version, status,"
-                " revenue, cost, currency, deal_amount, payments, sent"
-                " FROM orders WHERE deal_id = ANY(%s)",
-                (keys,),
+                f"SELECT {ORDER_COLUMNS} FROM orders WHERE deal_id = ANY(%s)", (keys,)
             ).fetchall()
-        return {
-            row[0]: OrderState(
-                deal_id=row[0],
-                client_uniq_id=row[1],
-                created_at=_opt_utc(row[2]),
-                applied_at=_opt_utc(row[3]),
-                applied_version=row[4],
-                status=row[5],
-                revenue=row[6],
-                cost=row[7],
-                currency=row[8],
-                deal_amount=row[9],
-                payments=decode_payments(row[10]),
-                sent=row[11],
-            )
-            for row in rows
-        }
+        return {row[0]: order_state(row, _CONVERT) for row in rows}
 
     def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> Claims:
         keys = unique(deal_ids)
@@ -379,12 +375,7 @@ class PostgresStore:
                 " UPDATE parked SET lease_owner = %(owner)s,"
                 "  lease_expires_at = now() + %(lease)s * interval '1 second'"
                 " FROM ready WHERE parked.event_id = ready.event_id"
-                " RETURNING parked.event_id, parked.topic, parked.kafka_partition,"
-                "  parked.kafka_offset, parked.record_key, parked.record_value, parked.headers,"
-                "  parked.client_uniq_id, parked.deal_id, parked.occurred_at, parked.version,"
-                "  parked.parked_at, parked.timestamp_ms, parked.waits_for,"
-                "  (SELECT min(s.deal_created_at) FROM parked s"
-                "   WHERE s.deal_id = parked.deal_id)",
+                " RETURNING " + parked_selected("parked"),
                 {
                     "topics": topic_list,
                     "expired": utc(expired_before),
@@ -394,28 +385,7 @@ class PostgresStore:
                     "lease": lease_s,
                 },
             ).fetchall()
-        events = [
-            ParkedEvent(
-                event_id=row[0],
-                topic=row[1],
-                partition=row[2],
-                offset=row[3],
-                key=None if row[4] is None else bytes(row[4]),
-                value=bytes(row[5]),
-                headers=decode_headers(row[6]),
-                client_uniq_id=row[7],
-                deal_id=row[8],
-                occurred_at=utc(row[9]),
-                version=row[10],
-                parked_at=utc(row[11]),
-                timestamp_ms=row[12],
-                waits_for=row[13],
-                deal_created_at=None if row[14] is None else utc(row[14]),
-            )
-            for row in rows
-        ]
-        events.sort(key=park_order)  # RETURNING promises no order
-        return events
+        return parked_in_order(rows, _CONVERT)
 
     def parked_count(self) -> int:
         with self._conn("parked_count") as conn:
@@ -455,15 +425,8 @@ class PostgresStore:
     def begin_upload(self, intent: UploadIntent, event_ids: Sequence[str]) -> None:
         with self._conn("begin_upload") as conn, conn.transaction():
             conn.execute(
-                "INSERT INTO upload_intents (intent_id, owner, endpoint, records, started_at)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (
-                    intent.intent_id,
-                    intent.owner,
-                    intent.endpoint,
-                    intent.records,
-                    utc(intent.started_at),
-                ),
+                f"INSERT INTO upload_intents ({INTENT_BEGUN_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",
+                intent_values(intent, _CONVERT),
             )
             conn.execute(
                 "INSERT INTO inflight_events (event_id, intent_id)"
@@ -485,16 +448,12 @@ class PostgresStore:
             return {}
         with self._conn("inflight") as conn:
             rows = conn.execute(
-                "SELECT f.event_id, i.intent_id, i.owner, i.endpoint, i.records, i.started_at,"
-                " i.resolved, i.uploading_id FROM inflight_events f"
+                f"SELECT f.event_id, {listed(INTENT, 'i')} FROM inflight_events f"
                 " JOIN upload_intents i ON i.intent_id = f.intent_id"
                 " WHERE f.event_id = ANY(%s::text[])",
                 (keys,),
             ).fetchall()
-        return {
-            row[0]: UploadIntent(row[1], row[2], row[3], row[4], utc(row[5]), bool(row[6]), row[7])
-            for row in rows
-        }
+        return {row[0]: upload_intent(row[1:], _CONVERT) for row in rows}
 
     def known_uploads(self, since: datetime) -> set[str]:
         with self._conn("known_uploads") as conn:
@@ -508,11 +467,11 @@ class PostgresStore:
     def open_intents(self, since: datetime, until: datetime) -> list[UploadIntent]:
         with self._conn("open_intents") as conn:
             rows = conn.execute(
-                "SELECT intent_id, owner, endpoint, records, started_at FROM upload_intents"
+                f"SELECT {INTENT_BEGUN_COLUMNS} FROM upload_intents"
                 " WHERE NOT resolved AND started_at BETWEEN %s AND %s ORDER BY started_at",
                 (utc(since), utc(until)),
             ).fetchall()
-        return [UploadIntent(r[0], r[1], r[2], r[3], utc(r[4])) for r in rows]
+        return [upload_intent(row, _CONVERT) for row in rows]
 
     def apply(self, changes: Changes) -> None:
         if not changes:
@@ -521,28 +480,15 @@ class PostgresStore:
             _apply(conn, changes)
 
 
-_IDENTITY_COLUMNS = (
-    "client_uniq_id, client_ids, phones, emails, name, consent, uploaded_fingerprint, created_at,"
-    " consent_at"
-)
 _NEWER_CONSENT = (
     "EXCLUDED.consent IS NOT NULL AND (i.consent IS NULL OR i.consent_at IS NULL"
     " OR EXCLUDED.consent_at IS NULL OR EXCLUDED.consent_at >= i.consent_at)"
 )
 
 
-def _identity(row: Sequence[Any]) -> Identity:
-    return Identity(
-        client_uniq_id=row[0],
-        client_ids=tuple(sorted(set(row[1]))),
-        phones=tuple(sorted(set(row[2]))),
-        emails=tuple(sorted(set(row[3]))),
-        name=row[4],
-        consent=True if row[5] is None else bool(row[5]),  # NULL: never stated, default on
-        consent_at=None if row[8] is None else utc(row[8]),
-        uploaded_fingerprint=row[6],
-        created_at=utc(row[7]),
-    )
+def _arrays(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows turned into one array per column, for ``unnest``: a batch is one statement."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def _configure(conn: Conn) -> None:
@@ -579,7 +525,7 @@ def _apply(conn: Conn, changes: Changes) -> None:
             ([e.event_id for e in ledger],),
         )
         conn.execute(
-            "INSERT INTO ledger (event_id, topic, outcome, detail, upload_id, recorded_at)"
+            f"INSERT INTO ledger ({LEDGER_COLUMNS})"
             " SELECT e, t, o, d, u, COALESCE(r, now())"
             " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
             "  %s::timestamptz[]) AS x(e, t, o, d, u, r)"
@@ -597,10 +543,9 @@ def _apply(conn: Conn, changes: Changes) -> None:
             ),
         )
     if changes.orders:
-        orders = last_per_deal(changes.orders)
+        order_rows = [order_values(o, _CONVERT) for o in last_per_deal(changes.orders)]
         conn.execute(
-            "INSERT INTO orders (deal_id, client_uniq_id, created_at, applied_at,"
-            " applied_version, status, revenue, cost, currency, deal_amount, payments, sent)"
+            f"INSERT INTO orders ({ORDER_COLUMNS})"
             " SELECT d, c, ca, aa, av, s, r, co, cu, da, p::jsonb, se"
             " FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],"
             "  %s::bigint[], %s::text[], %s::numeric[], %s::numeric[], %s::text[],"
@@ -612,20 +557,7 @@ def _apply(conn: Conn, changes: Changes) -> None:
             " revenue = EXCLUDED.revenue, cost = EXCLUDED.cost, currency = EXCLUDED.currency,"
             " deal_amount = EXCLUDED.deal_amount, payments = EXCLUDED.payments,"
             " sent = EXCLUDED.sent",
-            (
-                [o.deal_id for o in orders],
-                [o.client_uniq_id for o in orders],
-                [_opt_utc(o.created_at) for o in orders],
-                [_opt_utc(o.applied_at) for o in orders],
-                [o.applied_version for o in orders],
-                [o.status for o in orders],
-                [o.revenue for o in orders],
-                [o.cost for o in orders],
-                [o.currency for o in orders],
-                [o.deal_amount for o in orders],
-                [encode_payments(o.payments) for o in orders],
-                [o.sent for o in orders],
-            ),
+            _arrays(order_rows),
         )
     if changes.contacts_uploaded:
         contacts = sorted(changes.contacts_uploaded.items())
@@ -654,34 +586,16 @@ def _apply(conn: Conn, changes: Changes) -> None:
                 (deals, [changes.epochs.get(d) for d in deals], changes.owner),
             )
     if changes.park:
-        park = first_per_event(changes.park)
+        park_rows = [parked_values(p, _CONVERT) for p in first_per_event(changes.park)]
         conn.execute(
-            "INSERT INTO parked (event_id, topic, kafka_partition, kafka_offset, record_key,"
-            " record_value, headers, client_uniq_id, deal_id, occurred_at, version, parked_at,"
-            " timestamp_ms, waits_for, deal_created_at)"
+            f"INSERT INTO parked ({PARKED_COLUMNS})"
             " SELECT e, t, pa, o, k, v, h::jsonb, c, d, oa, ve, pk, ts, w, dc"
             " FROM unnest(%s::text[], %s::text[], %s::integer[], %s::bigint[], %s::bytea[],"
             "  %s::bytea[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],"
             "  %s::bigint[], %s::timestamptz[], %s::bigint[], %s::text[], %s::timestamptz[])"
             "  AS x(e, t, pa, o, k, v, h, c, d, oa, ve, pk, ts, w, dc)"
             " ON CONFLICT (event_id) DO NOTHING",
-            (
-                [p.event_id for p in park],
-                [p.topic for p in park],
-                [p.partition for p in park],
-                [p.offset for p in park],
-                [p.key for p in park],
-                [p.value for p in park],
-                [encode_headers(p.headers) for p in park],
-                [p.client_uniq_id for p in park],
-                [p.deal_id for p in park],
-                [utc(p.occurred_at) for p in park],
-                [p.version for p in park],
-                [utc(p.parked_at) for p in park],
-                [p.timestamp_ms for p in park],
-                [p.waits_for for p in park],
-                [None if p.deal_created_at is None else utc(p.deal_created_at) for p in park],
-            ),
+            _arrays(park_rows),
         )
     if changes.unpark:
         conn.execute(

@@ -34,25 +34,35 @@ from metrica_bridge.store.base import (
     StoreRefused,
     UploadIntent,
 )
-from metrica_bridge.store.codec import (
-    chunks,
-    decode_headers,
-    decode_payments,
-    encode_headers,
-    encode_list,
-    encode_payments,
+from metrica_bridge.store.batches import chunks, unique
+from metrica_bridge.store.encoding import encode_list, from_us, now_utc, to_us
+from metrica_bridge.store.rows import (
+    IDENTITY_COLUMNS,
+    INTENT,
+    INTENT_BEGUN_COLUMNS,
+    LEDGER_COLUMNS,
+    ORDER_COLUMNS,
+    PARKED_COLUMNS,
+    Converter,
+    identity,
+    intent_values,
+    ledger_entry,
+    listed,
+    order_state,
+    order_values,
+    parked_in_order,
+    parked_selected,
+    parked_values,
+    upload_intent,
+)
+from metrica_bridge.store.rules import (
     first_per_event,
     fold_updates,
-    from_us,
     last_per_deal,
     merge_identity,
-    migrations,
-    now_utc,
-    park_order,
     settle_ledger,
-    to_us,
-    unique,
 )
+from metrica_bridge.store.schema import migrations
 
 # Well under SQLite's bound-parameter limit for every statement below.
 _CHUNK = 500
@@ -65,21 +75,26 @@ def _opt_us(dt: datetime | None) -> int | None:
     return None if dt is None else to_us(dt)
 
 
-def _opt_dt(us: int | None) -> datetime | None:
-    return None if us is None else from_us(us)
-
-
-def _opt_dec(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
-
-
-def _opt_decimal(raw: str | None) -> Decimal | None:
-    return None if raw is None else Decimal(raw)
-
-
 def _ids(raw: str) -> tuple[str, ...]:
     # Written sorted and unique (encode_list of an Identity's tuples).
     return () if raw == "[]" else tuple(json.loads(raw))
+
+
+def _blob(raw: bytes) -> bytes:
+    return raw  # sqlite3 returns a BLOB as bytes already
+
+
+# Times as INTEGER microseconds since the epoch (exact, and ordered as numbers), decimals as
+# TEXT (exact: SQLite has no decimal type), identifier lists as JSON arrays, booleans as 0/1.
+_CONVERT = Converter(
+    read_time=from_us,
+    write_time=to_us,
+    read_decimal=Decimal,
+    write_decimal=str,
+    read_strings=_ids,
+    read_bytes=_blob,
+    write_flag=int,
+)
 
 
 class SqliteStore:
@@ -171,7 +186,7 @@ class SqliteStore:
         sql: str,
         keys: Sequence[str],
         extra: Sequence[Any] = (),
-    ) -> Iterator[sqlite3.Row | tuple[Any, ...]]:
+    ) -> Iterator[tuple[Any, ...]]:
         """Run ``sql`` (with one ``{marks}`` placeholder for a list) over ``keys``.
 
         With SQLite's JSON functions the keys travel as one JSON array: one statement text
@@ -227,22 +242,9 @@ class SqliteStore:
         keys = unique(event_ids)
         if not keys:
             return {}
-        sql = (
-            "SELECT event_id, topic, outcome, detail, upload_id, recorded_at"
-            " FROM ledger WHERE event_id IN ({marks})"
-        )
+        sql = f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE event_id IN ({{marks}})"
         with self._read("outcomes") as conn:
-            return {
-                row[0]: LedgerEntry(
-                    event_id=row[0],
-                    topic=row[1],
-                    outcome=row[2],
-                    detail=row[3],
-                    upload_id=row[4],
-                    recorded_at=from_us(row[5]),
-                )
-                for row in self._select_in(conn, sql, keys)
-            }
+            return {row[0]: ledger_entry(row, _CONVERT) for row in self._select_in(conn, sql, keys)}
 
     def purge_ledger(self, older_than: datetime) -> int:
         with self._write("purge_ledger") as conn:
@@ -303,25 +305,8 @@ class SqliteStore:
             return self._identities(conn, keys)
 
     def _identities(self, conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Identity]:
-        sql = (
-            "SELECT client_uniq_id, client_ids, phones, emails, name, consent,"
-            " uploaded_fingerprint, created_at, consent_at"
-            " FROM identities WHERE client_uniq_id IN ({marks})"
-        )
-        return {
-            row[0]: Identity(
-                client_uniq_id=row[0],
-                client_ids=_ids(row[1]),
-                phones=_ids(row[2]),
-                emails=_ids(row[3]),
-                name=row[4],
-                consent=bool(row[5]),
-                consent_at=_opt_dt(row[8]),
-                uploaded_fingerprint=row[6],
-                created_at=from_us(row[7]),
-            )
-            for row in self._select_in(conn, sql, keys)
-        }
+        sql = f"SELECT {IDENTITY_COLUMNS} FROM identities WHERE client_uniq_id IN ({{marks}})"
+        return {row[0]: identity(row, _CONVERT) for row in self._select_in(conn, sql, keys)}
 
     # orders
 
@@ -329,29 +314,9 @@ class SqliteStore:
         keys = unique(deal_ids)
         if not keys:
             return {}
-        sql = (
-            "SELECT deal_id, client_uniq_id, created_at, applied_at, applied_version, status,"
-            " revenue, cost, currency, deal_amount, payments, sent"
-            " FROM orders WHERE deal_id IN ({marks})"
-        )
+        sql = f"SELECT {ORDER_COLUMNS} FROM orders WHERE deal_id IN ({{marks}})"
         with self._read("orders") as conn:
-            return {
-                row[0]: OrderState(
-                    deal_id=row[0],
-                    client_uniq_id=row[1],
-                    created_at=_opt_dt(row[2]),
-                    applied_at=_opt_dt(row[3]),
-                    applied_version=row[4],
-                    status=row[5],
-                    revenue=_opt_decimal(row[6]),
-                    cost=_opt_decimal(row[7]),
-                    currency=row[8],
-                    deal_amount=_opt_decimal(row[9]),
-                    payments=decode_payments(row[10]),
-                    sent=bool(row[11]),
-                )
-                for row in self._select_in(conn, sql, keys)
-            }
+            return {row[0]: order_state(row, _CONVERT) for row in self._select_in(conn, sql, keys)}
 
     def claim_orders(self, deal_ids: Iterable[str], owner: str, lease_s: float) -> Claims:
         keys = unique(deal_ids)
@@ -447,10 +412,7 @@ class SqliteStore:
                 "   ELSE p.parked_at < :expired END) AS ready"
                 " FROM parked p WHERE p.deal_id IN"
                 f"  (SELECT deal_id FROM parked WHERE topic IN ({marks})))"
-                " SELECT p.event_id, p.topic, p.kafka_partition, p.kafka_offset, p.record_key,"
-                " p.record_value, p.headers, p.client_uniq_id, p.deal_id, p.occurred_at,"
-                " p.version, p.parked_at, p.timestamp_ms, p.waits_for,"
-                " (SELECT min(s.deal_created_at) FROM parked s WHERE s.deal_id = p.deal_id)"
+                f" SELECT {parked_selected('p')}"
                 " FROM parked p JOIN deal d ON d.event_id = p.event_id"
                 f" WHERE p.topic IN ({marks}) AND d.ready AND p.lease_expires_at <= :now"
                 " AND NOT EXISTS (SELECT 1 FROM deal q"
@@ -474,28 +436,7 @@ class SqliteStore:
                 "UPDATE parked SET lease_owner = ?, lease_expires_at = ? WHERE event_id = ?",
                 [(owner, now + _lease_us(lease_s), row[0]) for row in rows],
             )
-        events = [
-            ParkedEvent(
-                event_id=row[0],
-                topic=row[1],
-                partition=row[2],
-                offset=row[3],
-                key=row[4],
-                value=row[5],
-                headers=decode_headers(row[6]),
-                client_uniq_id=row[7],
-                deal_id=row[8],
-                occurred_at=from_us(row[9]),
-                version=row[10],
-                parked_at=from_us(row[11]),
-                timestamp_ms=row[12],
-                waits_for=row[13],
-                deal_created_at=None if row[14] is None else from_us(row[14]),
-            )
-            for row in rows
-        ]
-        events.sort(key=park_order)
-        return events
+        return parked_in_order(rows, _CONVERT)
 
     def parked_count(self) -> int:
         with self._read("parked_count") as conn:
@@ -529,15 +470,8 @@ class SqliteStore:
     def begin_upload(self, intent: UploadIntent, event_ids: Sequence[str]) -> None:
         with self._write("begin_upload") as conn:
             conn.execute(
-                "INSERT INTO upload_intents (intent_id, owner, endpoint, records, started_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    intent.intent_id,
-                    intent.owner,
-                    intent.endpoint,
-                    intent.records,
-                    to_us(intent.started_at),
-                ),
+                f"INSERT INTO upload_intents ({INTENT_BEGUN_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                intent_values(intent, _CONVERT),
             )
             conn.executemany(
                 "INSERT INTO inflight_events (event_id, intent_id) VALUES (?, ?)"
@@ -557,16 +491,12 @@ class SqliteStore:
         if not keys:
             return {}
         sql = (
-            "SELECT f.event_id, i.intent_id, i.owner, i.endpoint, i.records, i.started_at,"
-            " i.resolved, i.uploading_id FROM inflight_events f"
+            f"SELECT f.event_id, {listed(INTENT, 'i')} FROM inflight_events f"
             " JOIN upload_intents i ON i.intent_id = f.intent_id WHERE f.event_id IN ({marks})"
         )
         with self._read("inflight") as conn:
             return {
-                row[0]: UploadIntent(
-                    row[1], row[2], row[3], row[4], from_us(row[5]), bool(row[6]), row[7]
-                )
-                for row in self._select_in(conn, sql, keys)
+                row[0]: upload_intent(row[1:], _CONVERT) for row in self._select_in(conn, sql, keys)
             }
 
     def known_uploads(self, since: datetime) -> set[str]:
@@ -581,11 +511,11 @@ class SqliteStore:
     def open_intents(self, since: datetime, until: datetime) -> list[UploadIntent]:
         with self._read("open_intents") as conn:
             rows = conn.execute(
-                "SELECT intent_id, owner, endpoint, records, started_at FROM upload_intents"
+                f"SELECT {INTENT_BEGUN_COLUMNS} FROM upload_intents"
                 " WHERE resolved = 0 AND started_at BETWEEN ? AND ? ORDER BY started_at",
                 (to_us(since), to_us(until)),
             ).fetchall()
-        return [UploadIntent(r[0], r[1], r[2], r[3], from_us(r[4])) for r in rows]
+        return [upload_intent(row, _CONVERT) for row in rows]
 
     def apply(self, changes: Changes) -> None:
         if not changes:
@@ -641,7 +571,7 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
         ]
         steps.append(
             lambda c: c.executemany(
-                "INSERT INTO ledger (event_id, topic, outcome, detail, upload_id, recorded_at)"
+                f"INSERT INTO ledger ({LEDGER_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE SET"
                 " outcome = excluded.outcome, detail = excluded.detail,"
                 " upload_id = excluded.upload_id, recorded_at = excluded.recorded_at"
@@ -650,27 +580,10 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
             )
         )
     if changes.orders:
-        order_rows = [
-            (
-                o.deal_id,
-                o.client_uniq_id,
-                _opt_us(o.created_at),
-                _opt_us(o.applied_at),
-                o.applied_version,
-                o.status,
-                _opt_dec(o.revenue),
-                _opt_dec(o.cost),
-                o.currency,
-                _opt_dec(o.deal_amount),
-                encode_payments(o.payments),
-                int(o.sent),
-            )
-            for o in last_per_deal(changes.orders)
-        ]
+        order_rows = [order_values(o, _CONVERT) for o in last_per_deal(changes.orders)]
         steps.append(
             lambda c: c.executemany(
-                "INSERT INTO orders (deal_id, client_uniq_id, created_at, applied_at,"
-                " applied_version, status, revenue, cost, currency, deal_amount, payments, sent)"
+                f"INSERT INTO orders ({ORDER_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (deal_id) DO UPDATE SET client_uniq_id = excluded.client_uniq_id,"
                 " created_at = excluded.created_at, applied_at = excluded.applied_at,"
@@ -712,31 +625,10 @@ def _apply_steps(changes: Changes) -> list[Callable[[sqlite3.Connection], object
                 )
             )
     if changes.park:
-        park_rows = [
-            (
-                p.event_id,
-                p.topic,
-                p.partition,
-                p.offset,
-                p.key,
-                p.value,
-                encode_headers(p.headers),
-                p.client_uniq_id,
-                p.deal_id,
-                to_us(p.occurred_at),
-                p.version,
-                to_us(p.parked_at),
-                p.timestamp_ms,
-                p.waits_for,
-                None if p.deal_created_at is None else to_us(p.deal_created_at),
-            )
-            for p in first_per_event(changes.park)
-        ]
+        park_rows = [parked_values(p, _CONVERT) for p in first_per_event(changes.park)]
         steps.append(
             lambda c: c.executemany(
-                "INSERT INTO parked (event_id, topic, kafka_partition, kafka_offset, record_key,"
-                " record_value, headers, client_uniq_id, deal_id, occurred_at, version,"
-                " parked_at, timestamp_ms, waits_for, deal_created_at)"
+                f"INSERT INTO parked ({PARKED_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (event_id) DO NOTHING",
                 park_rows,

@@ -1,86 +1,15 @@
-"""Pieces both backends share: value encodings, identity merging, migrations on disk."""
+"""What the store decides, the same on both backends: how identity updates merge, which of
+several writes of one key in a batch holds, and the order a deal's parked events leave in.
+PostgreSQL repeats some of these rules in SQL (named where it does); how values are encoded is
+``encoding``'s."""
 
 from __future__ import annotations
 
-import base64
-import json
-import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from importlib import resources
-from typing import TypeVar
+from datetime import datetime
 
 from metrica_bridge.store.base import Identity, IdentityUpdate, LedgerEntry, OrderState, ParkedEvent
-
-T = TypeVar("T")
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
-
-
-def utc(dt: datetime) -> datetime:
-    """Aware UTC; a naive datetime is taken to be UTC already (the events' times are UTC)."""
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def to_us(dt: datetime) -> int:
-    """Exact microseconds since the epoch (no float rounding)."""
-    return (utc(dt) - EPOCH) // _US
-
-
-def from_us(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def unique(items: Iterable[str]) -> list[str]:
-    """Distinct, sorted: a stable lock order across processes avoids deadlocks."""
-    return sorted(set(items))
-
-
-# Reused: json.dumps with options builds a new encoder per call, which shows on the hot path.
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
-_SORTED = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
-
-
-def encode_list(values: Sequence[str]) -> str:
-    return _COMPACT.encode(list(values)) if values else "[]"
-
-
-def encode_headers(headers: Sequence[tuple[str, bytes]]) -> str:
-    if not headers:
-        return "[]"
-    return _COMPACT.encode(
-        [[name, base64.b64encode(value).decode("ascii")] for name, value in headers]
-    )
-
-
-def decode_headers(raw: str | Sequence[Sequence[str]]) -> tuple[tuple[str, bytes], ...]:
-    pairs = json.loads(raw) if isinstance(raw, str) else raw
-    return tuple((str(name), base64.b64decode(value)) for name, value in pairs)
-
-
-def encode_payments(payments: Mapping[str, Decimal]) -> str:
-    if not payments:
-        return "{}"
-    return _SORTED.encode({pid: str(amount) for pid, amount in payments.items()})
-
-
-def decode_payments(raw: str | Mapping[str, str]) -> dict[str, Decimal]:
-    if not raw or raw == "{}":
-        return {}
-    data = json.loads(raw) if isinstance(raw, str) else raw
-    return {str(pid): Decimal(str(amount)) for pid, amount in data.items()}
 
 
 def fold_updates(updates: Iterable[IdentityUpdate]) -> dict[str, IdentityUpdate]:
@@ -164,6 +93,7 @@ def last_per_deal(orders: Iterable[OrderState]) -> list[OrderState]:
 
 
 def first_per_event(parked: Iterable[ParkedEvent]) -> list[ParkedEvent]:
+    """One row per event (the first given wins, as the park keeps the first), in key order."""
     by_event: dict[str, ParkedEvent] = {}
     for event in parked:
         by_event.setdefault(event.event_id, event)
@@ -183,24 +113,6 @@ def park_order(event: ParkedEvent) -> tuple[str, datetime, int, int, str, int, i
         event.offset,
         event.event_id,
     )
-
-
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")
-
-
-def migrations(dialect: str) -> list[tuple[int, str, str]]:
-    """``(version, name, sql)`` of the packaged migrations of a dialect, in version order."""
-    folder = resources.files("metrica_bridge.store").joinpath("migrations", dialect)
-    found: list[tuple[int, str, str]] = []
-    for entry in folder.iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort()
-    versions = [version for version, _, _ in found]
-    if len(set(versions)) != len(versions):
-        raise RuntimeError(f"two {dialect} migrations share a version number")
-    return found
 
 
 def settle_ledger(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
