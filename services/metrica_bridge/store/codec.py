@@ -12,6 +12,7 @@ from decimal import Decimal
 from importlib import resources
 from typing import TypeVar
 
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store.base import Identity, IdentityUpdate, LedgerEntry, OrderState, ParkedEvent
 
 T = TypeVar("T")
@@ -210,6 +211,6 @@ def settle_ledger(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
     settled: dict[str, LedgerEntry] = {}
     for entry in entries:
         first = settled.get(entry.event_id)
-        if first is None or first.outcome == "dead_lettered":
+        if first is None or first.outcome == Outcome.DEAD_LETTERED:
             settled[entry.event_id] = entry
     return [settled[event_id] for event_id in sorted(settled)]

@@ -20,6 +20,7 @@ import psycopg
 import psycopg_pool
 from psycopg import Connection
 
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store.base import (
     Changes,
     ClaimLost,
@@ -178,7 +179,7 @@ class PostgresStore:
             row[0]: LedgerEntry(
                 event_id=row[0],
                 topic=row[1],
-                outcome=row[2],
+                outcome=Outcome(row[2]),
                 detail=row[3],
                 upload_id=row[4],
                 recorded_at=utc(row[5]),

@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store.base import (
     Changes,
     ClaimLost,
@@ -236,7 +237,7 @@ class SqliteStore:
                 row[0]: LedgerEntry(
                     event_id=row[0],
                     topic=row[1],
-                    outcome=row[2],
+                    outcome=Outcome(row[2]),
                     detail=row[3],
                     upload_id=row[4],
                     recorded_at=from_us(row[5]),
