@@ -37,8 +37,7 @@ from metrica_bridge.metrica.schema_sync import (
     status_map_problem,
 )
 from metrica_bridge.metrica.status_map import StatusMap, StatusMapError, load_status_map
-from metrica_bridge.steps import enrich
-from metrica_bridge.steps import map as mapping
+from metrica_bridge.steps import enrich, order_rules
 from metrica_bridge.store import redact_url, sqlite_path
 from metrica_bridge.store.base import Identity
 
@@ -97,21 +96,21 @@ def render(
             event.consent,
         )
         out["contact"] = enrich.contact_record(identity, hash_identifiers).render(zone)
-        verdict: mapping.Verdict | None = (
-            mapping.on_lead(None, event, statuses, now) if event.deal_id else None
+        verdict: order_rules.Verdict | None = (
+            order_rules.on_lead(None, event, statuses, now) if event.deal_id else None
         )
     elif isinstance(event, DealStatusChanged):
-        verdict = mapping.on_status(None, event, statuses, now)
+        verdict = order_rules.on_status(None, event, statuses, now)
     else:
-        verdict = mapping.on_payment(None, event, statuses, now)
-    if isinstance(verdict, mapping.Send):
+        verdict = order_rules.on_payment(None, event, statuses, now)
+    if isinstance(verdict, order_rules.Send):
         out["order"] = verdict.record.render(zone)
         if verdict.windows:
             out["outside_binding_window"] = list(verdict.windows)
-    elif isinstance(verdict, mapping.Skip):
+    elif isinstance(verdict, order_rules.Skip):
         out["skipped"] = verdict.reason
-    elif isinstance(verdict, (mapping.Wait, mapping.Invalid)):
-        out["waits" if isinstance(verdict, mapping.Wait) else "invalid"] = verdict.reason
+    elif isinstance(verdict, (order_rules.Wait, order_rules.Invalid)):
+        out["waits" if isinstance(verdict, order_rules.Wait) else "invalid"] = verdict.reason
     return out
 
 

@@ -14,29 +14,10 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 PREFIX = "metrica_bridge_"
 
 
-class Outcome(StrEnum):
-    """The one recorded outcome of every event (DESIGN.md §4)."""
-
-    DELIVERED = "delivered"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-    SKIPPED = "skipped"  # no-op update or unmapped status
-    PARKED = "parked"
-    DEAD_LETTERED = "dead_lettered"
-
-
-class ErrorClass(StrEnum):
-    """``dlq.error.class`` values (DESIGN.md §5)."""
-
-    DECODE_ERROR = "decode_error"
-    INVALID_EVENT = "invalid_event"
-    REJECTED = "rejected"
-    RETRY_EXHAUSTED = "retry_exhausted"
-    UNATTRIBUTABLE = "unattributable"
-
-
 class ResultClass(StrEnum):
-    """How one Metrica request ended (DESIGN.md §5)."""
+    """How one Metrica request ended (DESIGN.md §5): the ``result`` label of
+    ``metrica_requests_total``. Event outcomes and DLQ error classes are in
+    :mod:`metrica_bridge.outcomes`."""
 
     SUCCESS = "success"
     TRANSIENT = "transient"

@@ -21,8 +21,8 @@ from metrica_bridge.codec.schemas import load_versions
 from metrica_bridge.engine.pipeline import Batching, Pipeline
 from metrica_bridge.engine.work import Work
 from metrica_bridge.events import EventKind, parse_event
+from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.metrica.status_map import parse_status_map
-from metrica_bridge.steps.dlq import SourceRecord
 from metrica_bridge.store import open_store
 from metrica_bridge.store.base import Store
 from tests.codec.records import LEAD, RECORDS, SCHEMAS_DIR

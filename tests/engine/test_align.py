@@ -8,7 +8,7 @@ import time
 
 from metrica_bridge.engine.align import Alignment
 from metrica_bridge.engine.work import Work
-from metrica_bridge.steps.dlq import SourceRecord
+from metrica_bridge.kafka.record import SourceRecord
 
 LEADS, DEALS, PAYMENTS = "leads", "deals", "payments"
 NOW_MS = int(time.time() * 1000)

@@ -23,9 +23,9 @@ from metrica_bridge.config import PROJECT_ROOT
 from metrica_bridge.engine import pipeline as engine_module
 from metrica_bridge.engine.pipeline import MAX_RECORD_FAILURES
 from metrica_bridge.events import DealStatusChanged, EventKind
-from metrica_bridge.metrics import Outcome
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.sandbox import SandboxServer
-from metrica_bridge.steps import map as mapping
+from metrica_bridge.steps import order_rules
 from metrica_bridge.steps.dlq import REPLAY_COUNT
 from tests.support import crm
 from tests.support.engine import CODEC, Engine, running_engine
@@ -206,14 +206,14 @@ async def test_a_record_that_keeps_failing_ends_as_invalid_event(
     and the next event of its deal goes on."""
     await _known_client(engine)
     monkeypatch.setattr(engine_module, "RETRY_INFRA_S", (0.01,))
-    real = mapping.on_status
+    real = order_rules.on_status
 
-    def on_status(order: Any, event: DealStatusChanged, *args: Any) -> mapping.Verdict:
+    def on_status(order: Any, event: DealStatusChanged, *args: Any) -> order_rules.Verdict:
         if event.event_id == "status-bad":
             raise OverflowError("date value out of range")
         return real(order, event, *args)
 
-    monkeypatch.setattr(mapping, "on_status", on_status)
+    monkeypatch.setattr(order_rules, "on_status", on_status)
     start = len(engine.done)
     bad = _status("status-bad", "D1", "C-known")
     engine.feed("deal-status-changed", b"D1", CODEC.encode(crm.DEAL, bad))

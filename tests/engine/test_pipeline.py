@@ -19,12 +19,13 @@ from pydantic import SecretStr
 from metrica_bridge.engine.parking import ParkSweeper
 from metrica_bridge.engine.pipeline import _Round
 from metrica_bridge.engine.work import Work
+from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrics import REGISTRY
+from metrica_bridge.outcomes import ErrorClass, Outcome
 from metrica_bridge.sandbox import SandboxServer
 from metrica_bridge.steps import enrich
 from metrica_bridge.steps.batch import Endpoint, Pending, SendFn
-from metrica_bridge.steps.dlq import SourceRecord
 from metrica_bridge.steps.parse import parse
 from metrica_bridge.store import open_store
 from metrica_bridge.store.base import Changes, IdentityUpdate, LedgerEntry, Store
@@ -182,8 +183,8 @@ async def test_replay_of_an_event_parked_here_and_finished_elsewhere(
                     LedgerEntry(
                         "status-7",
                         engine.topics["deal-status-changed"],
-                        "dead_lettered",
-                        "retry_exhausted",
+                        Outcome.DEAD_LETTERED,
+                        ErrorClass.RETRY_EXHAUSTED,
                     )
                 ],
                 unpark=["status-7"],

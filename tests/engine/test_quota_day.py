@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from metrica_bridge.kafka.producer import Producer
-from metrica_bridge.metrics import Outcome
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.sandbox import SandboxServer
 from tests.support import crm
 from tests.support.kafka import TopicFactory

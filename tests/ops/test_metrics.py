@@ -22,7 +22,7 @@ from metrica_bridge.codec import Codec
 from metrica_bridge.config import PROJECT_ROOT
 from metrica_bridge.events import EventKind
 from metrica_bridge.kafka.producer import Producer
-from metrica_bridge.metrics import ErrorClass, Outcome
+from metrica_bridge.outcomes import ErrorClass, Outcome
 from metrica_bridge.sandbox import SandboxServer
 from metrica_bridge.simulate import Fate, SimulationConfig, generate, produce
 from tests.ops.support import Scrape, get, scrape

@@ -8,8 +8,9 @@ from typing import Any
 
 from metrica_bridge.config import Settings
 from metrica_bridge.kafka.producer import Producer
-from metrica_bridge.metrics import ErrorClass
-from metrica_bridge.steps.dlq import REPLAY_COUNT, SourceRecord, dlq_headers, dlq_topic
+from metrica_bridge.kafka.record import SourceRecord
+from metrica_bridge.outcomes import ErrorClass
+from metrica_bridge.steps.dlq import REPLAY_COUNT, dlq_headers, dlq_topic
 
 # Joins in about 1 s on tansu instead of 3 s: every replay run joins its group.
 FAST_GROUP = {

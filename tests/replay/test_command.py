@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from metrica_bridge.cli import app
 from metrica_bridge.config import Settings
-from metrica_bridge.metrics import ErrorClass
+from metrica_bridge.outcomes import ErrorClass
 from metrica_bridge.replay import BrokerUnavailable, ReplayOptions, replay
 from metrica_bridge.steps.dlq import dlq_topic
 from tests.replay.support import FAST_GROUP, Dead, put_dead

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from metrica_bridge.metrics import ErrorClass
+from metrica_bridge.outcomes import ErrorClass
 from metrica_bridge.replay.options import ReplayOptions, parse_when
 from metrica_bridge.replay.records import DlqRecord, Verdict, judge
 from metrica_bridge.steps.dlq import VALUE_DROPPED

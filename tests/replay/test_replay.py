@@ -9,7 +9,7 @@ from confluent_kafka import Consumer
 
 from metrica_bridge.config import Settings
 from metrica_bridge.kafka.admin import list_topics
-from metrica_bridge.metrics import ErrorClass
+from metrica_bridge.outcomes import ErrorClass
 from metrica_bridge.replay import (
     ReplayBusy,
     ReplayOptions,

@@ -8,11 +8,11 @@ import pytest
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import PROJECT_ROOT
 from metrica_bridge.events import EventKind
-from metrica_bridge.metrics import ErrorClass
+from metrica_bridge.kafka.record import SourceRecord
+from metrica_bridge.outcomes import ErrorClass
 from metrica_bridge.replay.records import _int
 from metrica_bridge.steps.dlq import (
     REPLAY_COUNT,
-    SourceRecord,
     count_header,
     dlq_headers,
     is_replay,

@@ -6,13 +6,16 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store import LedgerEntry, ParkedEvent
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
 
-def entry(event_id: str, outcome: str = "delivered", **kw: object) -> LedgerEntry:
-    return LedgerEntry(event_id=event_id, topic="deal-status-changed", outcome=outcome, **kw)  # type: ignore[arg-type]
+def entry(event_id: str, outcome: str = Outcome.DELIVERED, **kw: object) -> LedgerEntry:
+    return LedgerEntry(
+        event_id=event_id, topic="deal-status-changed", outcome=Outcome(outcome), **kw
+    )  # type: ignore[arg-type]
 
 
 def parked(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store import Changes, IdentityUpdate, LedgerEntry
 from metrica_bridge.store.sqlite import SqliteStore
 
@@ -14,7 +15,7 @@ def test_json_keys_and_placeholders_read_the_same(tmp_path: Path) -> None:
     try:
         store.migrate()
         ids = [f"e{n:04d}" for n in range(1_200)]  # more than one placeholder chunk
-        store.apply(Changes(ledger=[LedgerEntry(i, "t", "delivered") for i in ids[::2]]))
+        store.apply(Changes(ledger=[LedgerEntry(i, "t", Outcome.DELIVERED) for i in ids[::2]]))
         store.merge_identities(
             [IdentityUpdate(f"c{n}", client_ids=(str(n + 1),)) for n in range(700)]
         )

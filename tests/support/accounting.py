@@ -353,7 +353,7 @@ def account(run: Outcome) -> Report:
                       f"Metrica's history lacks; {story(deal_id)}")  # fmt: skip
         statuses = [h["order_status"] for h in history]
         # A stale event with news (a payment, a deal amount) re-sends the order with the status
-        # Metrica holds (steps/map.py ``_restate``): a repeat, never a step back.
+        # Metrica holds (steps/order_rules.py ``_restate``): a repeat, never a step back.
         walk = [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s]
         longer.checked += 1
         answered = [h for h in history if str(h["uploading_id"]) not in unanswered

@@ -23,12 +23,13 @@ from metrica_bridge.engine.work import Work
 from metrica_bridge.events import EventKind
 from metrica_bridge.kafka.admin import ensure_topics
 from metrica_bridge.kafka.producer import Producer
+from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrica.quota import QuotaGovernor
 from metrica_bridge.metrica.status_map import parse_status_map
 from metrica_bridge.sandbox import SandboxServer
 from metrica_bridge.steps.batch import SendFn
-from metrica_bridge.steps.dlq import DeadLetters, SourceRecord
+from metrica_bridge.steps.dlq import DeadLetters
 from metrica_bridge.steps.send import Sender
 from metrica_bridge.store import open_store
 from metrica_bridge.store.base import Store

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from metrica_bridge.metrics import PREFIX, REGISTRY, ErrorClass, Outcome
+from metrica_bridge.metrics import PREFIX, REGISTRY
+from metrica_bridge.outcomes import ErrorClass, Outcome
 from metrica_bridge.simulate import SimulatedMessage
 
 Samples = list[tuple[str, dict[str, str], float]]

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from metrica_bridge.demo.progress import Snapshot, rate
-from metrica_bridge.metrics import ErrorClass, Outcome
+from metrica_bridge.outcomes import ErrorClass, Outcome
 
 FATE_LABELS = {  # the simulator's fates other than "ok", in display order
     "duplicate": "duplicates",

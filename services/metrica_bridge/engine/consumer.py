@@ -29,9 +29,9 @@ import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from metrica_bridge.engine.offsets import TopicPartition as TP
+from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.logs import get_logger, kafka_logger
 from metrica_bridge.metrics import CONSUMER_LAG
-from metrica_bridge.steps.dlq import SourceRecord
 
 log = get_logger("metrica_bridge.engine.consumer")
 

@@ -38,6 +38,7 @@ from metrica_bridge.events import (
     LeadCreated,
     PaymentReceived,
 )
+from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.errors import RetryExhausted
 from metrica_bridge.metrica.status_map import StatusMap
@@ -47,17 +48,16 @@ from metrica_bridge.metrics import (
     END_TO_END_LATENCY,
     ORDER_RULES,
     ORDERS_OUTSIDE_WINDOW,
-    ErrorClass,
-    Outcome,
 )
+from metrica_bridge.outcomes import ErrorClass, Outcome
 from metrica_bridge.steps import enrich
-from metrica_bridge.steps import map as mapping
+from metrica_bridge.steps import order_rules as mapping
 from metrica_bridge.steps.batch import Ack, Batcher, Endpoint, Pending, RequestLimits, SendFn
 from metrica_bridge.steps.dedupe import Dedupe
-from metrica_bridge.steps.dlq import DeadLetters, SourceRecord, is_replay
+from metrica_bridge.steps.dlq import DeadLetters, is_replay
 from metrica_bridge.steps.parse import parse, resolve_schemas
+from metrica_bridge.steps.persist import Recorder
 from metrica_bridge.steps.reconcile import Reconciler
-from metrica_bridge.steps.record import Recorder
 from metrica_bridge.steps.send import Rejected
 from metrica_bridge.store.base import (
     WAITS_CREATION,
@@ -101,7 +101,7 @@ class Batching:
 class _Round:
     """What one round read from the store."""
 
-    previous: dict[str, str]  # ledger id -> outcome already recorded
+    previous: dict[str, Outcome]  # ledger id -> outcome already recorded
     identities: dict[str, Identity]  # merged from this round's leads, or loaded
     parked: set[str]  # deals with parked events
     claimed: set[str]  # deals this round may update
@@ -351,7 +351,7 @@ class Pipeline:
         self._release_claims.extend(state.claimed - taken)
         self._release_epochs.update({d: e for d, e in state.epochs.items() if d not in taken})
 
-    def _read(self, batch: list[Work], known: dict[str, str], missing: list[str]) -> _Round:
+    def _read(self, batch: list[Work], known: dict[str, Outcome], missing: list[str]) -> _Round:
         """Everything the round needs from the store (runs in a worker thread)."""
         store = self.store
         previous = known | self.dedupe.recorded(missing)
@@ -404,7 +404,7 @@ class Pipeline:
             previous, identities, parked, claimed, states, inflight, epochs=claimed.epochs
         )
 
-    def _repeat(self, work: Work, previous: str | None) -> bool:
+    def _repeat(self, work: Work, previous: Outcome | None) -> bool:
         """Seen before, and not coming back the ways an event may come back: a DLQ replay is
         the one way back for a dead-lettered event, and a parked event leaving the park is that
         same event, not a duplicate of itself."""
@@ -743,7 +743,7 @@ class Pipeline:
             items = failed
 
     # -- ends ----------------------------------------------------------------------------------
-    def _finish(self, work: Work, outcome: str | None, detail: str = "") -> None:
+    def _finish(self, work: Work, outcome: Outcome | None, detail: str = "") -> None:
         work.outcome = outcome
         if outcome is not None and outcome not in (Outcome.DUPLICATE, Outcome.PARKED):
             ack = work.ack

@@ -18,6 +18,7 @@ from metrica_bridge.engine.consumer import ConsumerThread
 from metrica_bridge.engine.offsets import OffsetTracker, TopicPartition
 from metrica_bridge.engine.pipeline import Pipeline
 from metrica_bridge.engine.work import Work
+from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrics import (
     EVENTS_CONSUMED,
@@ -25,7 +26,6 @@ from metrica_bridge.metrics import (
     OLDEST_UNFINISHED,
     PARTITIONS_ASSIGNED,
 )
-from metrica_bridge.steps.dlq import SourceRecord
 
 log = get_logger("metrica_bridge.engine.runner")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from metrica_bridge.engine.offsets import TopicPartition
 from metrica_bridge.events import Event
-from metrica_bridge.metrics import ErrorClass
+from metrica_bridge.kafka.record import SourceRecord
+from metrica_bridge.outcomes import ErrorClass, Outcome
 from metrica_bridge.steps.batch import Ack
-from metrica_bridge.steps.dlq import SourceRecord
 from metrica_bridge.store.base import LedgerEntry, OrderState, ParkedEvent, UploadIntent
 
 Done = Callable[["Work"], None]
@@ -51,7 +51,7 @@ class Work:
 
     # -- what it writes when done ----------------------------------------------------------
     ledger: LedgerEntry | None = None
-    outcome: str | None = None  # for metrics; duplicates have an outcome but no ledger entry
+    outcome: Outcome | None = None  # for metrics; duplicates have an outcome but no ledger entry
     detail: str = ""
     order_state: OrderState | None = None
     contact_uploaded: tuple[str, str] | None = None  # (client, fingerprint) Metrica holds

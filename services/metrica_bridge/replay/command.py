@@ -24,7 +24,7 @@ from rich.table import Table
 
 from metrica_bridge.config import ConfigError, load_settings
 from metrica_bridge.logs import configure
-from metrica_bridge.metrics import ErrorClass
+from metrica_bridge.outcomes import ErrorClass
 from metrica_bridge.replay.options import DEFAULT_MAX_REPLAYS, ReplayOptions, parse_when
 from metrica_bridge.replay.run import ProgressFn, ReplayError, replay
 from metrica_bridge.replay.summary import ReplaySummary

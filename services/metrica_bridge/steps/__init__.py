@@ -1,2 +1,3 @@
 """The processing pipeline, one module per step:
-decode → validate → dedupe → enrich → map → batch → send → record (and dlq for failures)."""
+decode → validate → dedupe → enrich → order rules → batch → send → persist (and dlq for
+failures)."""

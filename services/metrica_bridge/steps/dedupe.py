@@ -10,18 +10,19 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store.base import LedgerEntry, Store
 
 
 class Dedupe:
     def __init__(self, store: Store, remember: int = 20_000) -> None:
         self._store = store
-        self._recent: OrderedDict[str, str] = OrderedDict()
+        self._recent: OrderedDict[str, Outcome] = OrderedDict()
         self._remember = remember
 
-    def known(self, ids: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    def known(self, ids: Iterable[str]) -> tuple[dict[str, Outcome], list[str]]:
         """Outcomes remembered in memory, and the ids the store must be asked about."""
-        found: dict[str, str] = {}
+        found: dict[str, Outcome] = {}
         missing: list[str] = []
         recent = self._recent
         for event_id in ids:
@@ -32,7 +33,7 @@ class Dedupe:
                 found[event_id] = outcome
         return found, missing
 
-    def recorded(self, ids: Sequence[str]) -> dict[str, str]:
+    def recorded(self, ids: Sequence[str]) -> dict[str, Outcome]:
         """The store's outcomes of these ids (blocking: call it from a worker thread)."""
         if not ids:
             return {}

@@ -8,14 +8,15 @@ record, so a crash in between re-delivers the original instead of losing it.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError
 
 from metrica_bridge.kafka.producer import DeliveryError, Producer
+from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.logs import redact
-from metrica_bridge.metrics import DLQ_RECORDS, ErrorClass
+from metrica_bridge.metrics import DLQ_RECORDS
+from metrica_bridge.outcomes import ErrorClass
 
 HEADER_PREFIX = "dlq."
 REPLAY_COUNT = "dlq.replay.count"
@@ -33,19 +34,6 @@ MAX_COUNT_DIGITS = 9  # a header count beyond 999,999,999 is not a count
 
 def dlq_topic(topic: str) -> str:
     return f"{topic}.dlq"
-
-
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """A consumed record, as much of it as the DLQ and parking need."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    timestamp_ms: int | None
 
 
 def header(headers: tuple[tuple[str, bytes], ...], name: str) -> str | None:

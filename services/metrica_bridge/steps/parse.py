@@ -13,8 +13,9 @@ from collections.abc import Iterable, Mapping
 from metrica_bridge.codec import Codec, DecodeError, SchemaUnavailable
 from metrica_bridge.events import Event, EventKind, InvalidEvent, LeadCreated, expected_kind
 from metrica_bridge.events import parse_event as validate
-from metrica_bridge.metrics import IDENTIFIERS_DROPPED, ErrorClass
-from metrica_bridge.steps.dlq import SourceRecord
+from metrica_bridge.kafka.record import SourceRecord
+from metrica_bridge.metrics import IDENTIFIERS_DROPPED
+from metrica_bridge.outcomes import ErrorClass
 
 Poison = tuple[ErrorClass, str]
 

@@ -20,6 +20,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
+from metrica_bridge.outcomes import Outcome
+
 QuotaState = tuple[int, float]
 """One quota day's requests counted and when its next paced request is due (Unix seconds)."""
 QuotaChange = Callable[[int, float], QuotaState | None]
@@ -27,11 +29,11 @@ QuotaChange = Callable[[int, float], QuotaState | None]
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """The one recorded outcome of an event id (values of ``metrics.Outcome``)."""
+    """The one recorded outcome of an event id."""
 
     event_id: str
     topic: str
-    outcome: str  # delivered | duplicate | stale | skipped | parked | dead_lettered
+    outcome: Outcome
     detail: str = ""  # reason / error class; never personal data
     upload_id: str | None = None  # Metrica uploading_id that carried it, when delivered
     recorded_at: datetime | None = None  # set by the store when None

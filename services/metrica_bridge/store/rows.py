@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store.base import Identity, LedgerEntry, OrderState, ParkedEvent, UploadIntent
 from metrica_bridge.store.encoding import (
     decode_headers,
@@ -135,7 +136,7 @@ def ledger_entry(row: Row, conv: Converter) -> LedgerEntry:
     return LedgerEntry(
         event_id=row[0],
         topic=row[1],
-        outcome=row[2],
+        outcome=Outcome(row[2]),
         detail=row[3],
         upload_id=row[4],
         recorded_at=conv.read_time(row[5]),

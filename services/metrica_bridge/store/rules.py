@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store.base import Identity, IdentityUpdate, LedgerEntry, OrderState, ParkedEvent
 
 
@@ -122,6 +123,6 @@ def settle_ledger(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
     settled: dict[str, LedgerEntry] = {}
     for entry in entries:
         first = settled.get(entry.event_id)
-        if first is None or first.outcome == "dead_lettered":
+        if first is None or first.outcome == Outcome.DEAD_LETTERED:
             settled[entry.event_id] = entry
     return [settled[event_id] for event_id in sorted(settled)]

@@ -1,6 +1,6 @@
-"""Map an event onto the order Metrica holds: stale protection, no-op detection, the status map,
-revenue, currency, the client the order belongs to, its creation time, and the binding windows.
-Pure functions of (order state, event, status map, now).
+"""What each event makes of the order Metrica holds: stale protection, no-op detection, the
+status map, revenue, currency, the client the order belongs to, its creation time, and the
+binding windows. Pure functions of (order state, event, status map, now).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from decimal import Decimal
 from metrica_bridge.events import DealStatusChanged, LeadCreated, PaymentReceived
 from metrica_bridge.metrica.records import OrderRecord
 from metrica_bridge.metrica.status_map import MetricaStatus, StatusMap
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store.base import OrderState
 
 BIND_WINDOW = timedelta(days=21)  # orders created earlier never bind to visits
@@ -21,10 +22,10 @@ UPDATE_WINDOW = timedelta(days=111)  # a bound order can change this long after 
 
 @dataclass(frozen=True, slots=True)
 class Skip:
-    """Nothing to send. ``outcome`` is ``stale`` or ``skipped``; ``state`` is what to persist
-    anyway (a stale payment still counts towards revenue), or None."""
+    """Nothing to send. ``outcome`` is ``Outcome.STALE`` or ``Outcome.SKIPPED``; ``state`` is
+    what to persist anyway (a stale payment still counts towards revenue), or None."""
 
-    outcome: str
+    outcome: Outcome
     reason: str
     state: OrderState | None = None
 
@@ -113,7 +114,7 @@ def _decide(
         == (new.client_uniq_id, new.status, new.revenue, new.cost, new.currency)
         and not products
     ):
-        return Skip("skipped", "no-op: Metrica already holds this", replace(new, sent=True))
+        return Skip(Outcome.SKIPPED, "no-op: Metrica already holds this", replace(new, sent=True))
     assert new.created_at is not None
     record = OrderRecord(
         id=new.deal_id,
@@ -136,7 +137,7 @@ def _restate(old: OrderState, new: OrderState, now: datetime) -> Send | Skip:
     stays that of the newer update. Unchanged revenue, or an order not in Metrica yet: stale."""
     revenue = _revenue(new)
     if not old.sent or old.status is None or revenue == old.revenue:
-        return Skip("stale", "older than the update already applied", new)
+        return Skip(Outcome.STALE, "older than the update already applied", new)
     new = replace(new, revenue=revenue)
     assert new.created_at is not None
     record = OrderRecord(
@@ -191,7 +192,7 @@ def on_lead(
     if order is not None and order.sent:
         # The deal is already in Metrica (its status events came first): the lead's initial
         # status would regress it.
-        return Skip("stale", "order already created")
+        return Skip(Outcome.STALE, "order already created")
     base = _base(order, event.deal_id, event.client.uniq_id, event.occurred_at)
     state = replace(base, applied_at=event.occurred_at, applied_version=None)
     return _decide(order, state, statuses.initial, event.occurred_at, now)
@@ -202,14 +203,14 @@ def on_status(
 ) -> Send | Skip:
     status = statuses.translate(event.status)
     if status is None:
-        return Skip("skipped", "unmapped status")
+        return Skip(Outcome.SKIPPED, "unmapped status")
     if is_stale(order, event.occurred_at, event.version):
         assert order is not None
         if event.revenue is not None and order.deal_amount is None:
             # The deal's amount is news even from an old event: revenue is the deal amount
             # whenever a status change carried it.
             return _restate(order, replace(order, deal_amount=event.revenue), now)
-        return Skip("stale", "older than the update already applied")
+        return Skip(Outcome.STALE, "older than the update already applied")
     base = _base(order, event.deal_id, event.client_uniq_id, event.deal_created_at)
     currency, ignored = _status_currency(base, event)
     state = replace(
@@ -242,7 +243,7 @@ def on_payment(
     later event of the deal, parked behind this one, names it (issue 16, item 13: without it,
     that later event went first and the order showed its payment alone)."""
     if order is not None and event.payment_id in order.payments:
-        return Skip("skipped", "payment already counted")
+        return Skip(Outcome.SKIPPED, "payment already counted")
     known = order.currency if order is not None else None
     if known is not None and event.currency != known:
         # An order has one currency (DESIGN.md §3): adding amounts in two would be a revenue

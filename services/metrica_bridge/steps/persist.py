@@ -1,5 +1,5 @@
-"""Record outcomes: one atomic store write for a whole round of finished events, then the
-metrics.
+"""Persist finished work: one atomic store write for a whole round of finished events (their
+outcomes, order states, parking moves), then the metrics.
 
 Events complete only after their outcome is durable; the offset tracker hears about them after
 that, so a crash re-delivers exactly the events whose outcome was not yet written.
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrics import EVENTS_PROCESSED
+from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store.base import (
     Changes,
     ClaimLost,
@@ -29,14 +30,14 @@ from metrica_bridge.store.base import (
     merge_changes,
 )
 
-log = get_logger("metrica_bridge.steps.record")
+log = get_logger("metrica_bridge.steps.persist")
 
 
 class Recorder:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def apply(self, changes: Changes, outcomes: Counter[tuple[str, str]]) -> None:
+    async def apply(self, changes: Changes, outcomes: Counter[tuple[str, Outcome]]) -> None:
         """Write ``changes``, retrying in place on store errors (a PostgreSQL deadlock, a
         failover): what Metrica already accepted must be recorded, not handled again from
         scratch — that would send it twice. ``outcomes`` counts events by (topic, outcome).
@@ -80,7 +81,7 @@ class Recorder:
                 groups[:0] = [group[:half], group[half:]]
         return failed
 
-    def count(self, outcomes: Counter[tuple[str, str]]) -> None:
+    def count(self, outcomes: Counter[tuple[str, Outcome]]) -> None:
         for (topic, outcome), count in outcomes.items():
             EVENTS_PROCESSED.labels(topic=topic, outcome=outcome).inc(count)
 
