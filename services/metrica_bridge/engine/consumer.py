@@ -5,7 +5,8 @@ is simplest to reason about when one thread makes every call on it. So this thre
 asyncio engine talks to it through commands (commit, pause, resume); batches of records travel
 the other way with ``call_soon_threadsafe``, in order. On revocation the thread blocks in the
 callback until the engine has finished or abandoned the revoked partitions' work, then commits
-their offsets itself, before librdkafka hands them to another member.
+the offsets the engine names (engine/commits.py decides which) itself, before librdkafka hands
+the partitions to another member: blocked in the callback, it could not serve a commit command.
 
 Backpressure is exact: the thread hands over one batch at a time and waits until the engine
 has taken it in; before each poll it asks ``admit()`` and pauses (or resumes) the assignment
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -58,9 +59,37 @@ CONSUMER_DEFAULTS: dict[str, str] = {
 }
 
 RevokeFn = Callable[[list[TP]], Awaitable[Mapping[TP, int]]]
+"""Drains the revoked partitions' work and returns the offsets to commit before they go."""
 AssignFn = Callable[[list[TP]], Awaitable[None]]
 RecordsFn = Callable[[list[SourceRecord], list[TP]], None]
 """Records in partition order, and the partitions whose end they reached (nothing after)."""
+
+
+RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
+
+
+class KafkaConsumer(Protocol):
+    """What this thread calls on ``confluent_kafka.Consumer`` (a seam for tests)."""
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: RebalanceCallback | None = None,
+        on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
+    ) -> None: ...
+    def consume(
+        self, num_messages: int = 1, timeout: float = -1
+    ) -> list[confluent_kafka.Message]: ...
+    def commit(
+        self, *, offsets: list[TopicPartition], asynchronous: Literal[False]
+    ) -> list[TopicPartition]: ...
+    def pause(self, partitions: list[TopicPartition]) -> None: ...
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
+    def close(self) -> None: ...
+
+
+ConsumerFactory = Callable[[dict[str, Any]], KafkaConsumer]
 
 
 @dataclass(slots=True)
@@ -84,6 +113,7 @@ class ConsumerThread:
         batch_size: int = 1_000,
         poll_timeout_s: float = 0.1,
         revoke_timeout_s: float = 60.0,
+        consumer_factory: ConsumerFactory = confluent_kafka.Consumer,
     ) -> None:
         props = {**CONSUMER_DEFAULTS, **config}
         self._stats_enabled = props.get("statistics.interval.ms", "0") != "0"
@@ -92,7 +122,7 @@ class ConsumerThread:
             conf["stats_cb"] = self._on_stats
         conf["error_cb"] = self._on_error
         conf["logger"] = kafka_logger()
-        self._consumer = confluent_kafka.Consumer(conf)
+        self._consumer = consumer_factory(conf)
         self._topics = list(topics)
         self._loop = loop
         self._on_records = on_records

@@ -1,9 +1,9 @@
 """One independent consumer (one consumer group) for one topic.
 
 Records flow: consumer thread → ``_on_records`` (track the offset) → the engine (parse, then
-rounds) → offset completed. A commit loop commits the contiguous handled prefix; backpressure
-pauses the partitions while too much is in flight (a slow or unavailable Metrica), and resumes
-when half of it has drained.
+rounds) → offset completed. Offsets and commits belong to the ``Committer`` (engine/commits.py),
+which a ticking loop here polls; backpressure pauses the partitions while too much is in flight
+(a slow or unavailable Metrica), and resumes when half of it has drained.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import time
 from collections.abc import Mapping
 
 from metrica_bridge.config import Settings
+from metrica_bridge.engine.commits import Committer
 from metrica_bridge.engine.consumer import ConsumerThread
-from metrica_bridge.engine.offsets import OffsetTracker, TopicPartition
+from metrica_bridge.engine.offsets import TopicPartition
 from metrica_bridge.engine.pipeline import Pipeline
 from metrica_bridge.engine.work import Work
 from metrica_bridge.kafka.record import SourceRecord
@@ -42,13 +43,18 @@ class TopicRunner:
         self.topic = topic
         self.pipeline = pipeline
         self.settings = settings
-        self.tracker = OffsetTracker()
+        self.commits = Committer(
+            # Late-bound: the consumer thread exists only after start().
+            lambda offsets: self.consumer.commit(offsets),
+            settings.commit_interval_ms / 1000,
+            topic=topic,
+        )
         self._config = {**kafka_config, "group.id": group_id}
         self._consumer: ConsumerThread | None = None
         self._paused = False
         self._stopping = False
         self._drain_deadline = 0.0  # monotonic; set by stop(): one budget for the whole drain
-        self._commit_task: asyncio.Task[None] | None = None
+        self._tick_task: asyncio.Task[None] | None = None
         self._consumed = EVENTS_CONSUMED.labels(topic=topic)
         self._in_flight = IN_FLIGHT.labels(topic=topic)
         self.assigned: set[TopicPartition] = set()
@@ -73,7 +79,7 @@ class TopicRunner:
             revoke_timeout_s=self.settings.shutdown_timeout_s + 5,
         )
         self._consumer.start()
-        self._commit_task = asyncio.create_task(self._commit_loop(), name=f"commit:{self.topic}")
+        self._tick_task = asyncio.create_task(self._tick_loop(), name=f"commit:{self.topic}")
 
     async def stop(self) -> None:
         """Stop fetching, drain (within SHUTDOWN_TIMEOUT_S in all), commit, leave the group."""
@@ -87,10 +93,10 @@ class TopicRunner:
         self.pipeline.drop(released)
         if not await self.pipeline.wait_done(released, self._drain_left()):
             self.pipeline.abandon(released)
-        if self._commit_task is not None:
-            self._commit_task.cancel()
+        if self._tick_task is not None:
+            self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._commit_task
+                await self._tick_task
 
     def _drain_left(self) -> float:
         return max(0.1, self._drain_deadline - time.monotonic())
@@ -102,20 +108,20 @@ class TopicRunner:
     def _on_records(self, records: list[SourceRecord], at_end: list[TopicPartition]) -> None:
         if self._stopping:
             return  # not tracked, not committed: the next owner reads them again
-        assigned, tracker = self.assigned, self.tracker
+        assigned, commits = self.assigned, self.commits
         # Records of partitions revoked while the batch was on its way are left out.
         kept = [r for r in records if (r.topic, r.partition) in assigned]
-        tracker.add_all((r.topic, r.partition, r.offset) for r in kept)  # all or nothing
+        commits.track((r.topic, r.partition, r.offset) for r in kept)  # all or nothing
         self.pipeline.consume(kept, self._complete)
         self.pipeline.alignment.at_end(self.topic, (tp for tp in at_end if tp in assigned))
         self._consumed.inc(len(records))
-        self._in_flight.set(tracker.in_flight())
+        self._in_flight.set(commits.in_flight())
         if not self._paused and self._too_much():
             self._set_paused(True)
 
     def _complete(self, work: Work) -> None:
         source = work.source
-        self.tracker.complete(source.topic, source.partition, source.offset)
+        self.commits.complete(source.topic, source.partition, source.offset)
 
     # -- group membership ----------------------------------------------------------------------
     async def _on_assign(self, tps: list[TopicPartition]) -> None:
@@ -135,26 +141,25 @@ class TopicRunner:
                 # in the ledger, if it is recorded meanwhile).
                 count = self.pipeline.abandon(revoked)
                 log.warning("abandoned in-flight events on revocation", count=count)
-        offsets = self.tracker.committable(only=revoked)
+        offsets = self.commits.revoke(revoked)  # the consumer thread commits them
         for topic, partition in tps:
-            self.tracker.revoke(topic, partition)
             with contextlib.suppress(KeyError):  # not ours to report any more
                 OLDEST_UNFINISHED.remove(topic, str(partition))
         self.assigned.difference_update(revoked)
         PARTITIONS_ASSIGNED.labels(topic=self.topic).set(len(self.assigned))
-        self._in_flight.set(self.tracker.in_flight())
+        self._in_flight.set(self.commits.in_flight())
         return offsets
 
-    # -- commits and backpressure --------------------------------------------------------------
+    # -- backpressure and metrics --------------------------------------------------------------
     def _too_much(self, share: float = 1.0) -> bool:
         """In flight beyond the limit, or too far ahead of the topics upstream: records held for
         them are only memory (a quarter of the limit is plenty to keep the engine busy)."""
         limit = self.settings.max_in_flight_events * share
         held = self.pipeline.alignment.held(self.topic)
-        return self.tracker.uncommittable() >= limit or held >= max(1.0, limit / 4)
+        return self.commits.uncommittable() >= limit or held >= max(1.0, limit / 4)
 
     def _export_oldest(self) -> None:
-        ages = self.tracker.oldest_unfinished_age()
+        ages = self.commits.oldest_unfinished_age()
         for topic, partition in self.assigned:
             gauge = OLDEST_UNFINISHED.labels(topic=topic, partition=str(partition))
             gauge.set(ages.get((topic, partition), 0.0))
@@ -162,29 +167,16 @@ class TopicRunner:
     def _set_paused(self, paused: bool) -> None:
         # Read by the consumer thread before its next poll (a plain attribute: atomic).
         self._paused = paused
-        log.info("backpressure", paused=paused, in_flight=self.tracker.in_flight())
+        log.info("backpressure", paused=paused, in_flight=self.commits.in_flight())
 
-    async def commit(self) -> None:
-        offsets = self.tracker.committable()
-        if offsets:
-            await self.consumer.commit(offsets)
-            self.tracker.mark_committed(offsets)
-
-    async def _commit_loop(self) -> None:
-        """Backpressure is checked every tick; offsets are committed every COMMIT_INTERVAL_MS."""
+    async def _tick_loop(self) -> None:
+        """Backpressure and metrics every tick; the committer commits when its interval is due."""
         interval = self.settings.commit_interval_ms / 1000
-        next_commit = time.monotonic() + interval
         while True:
             await asyncio.sleep(min(interval, 0.1))
-            in_flight = self.tracker.in_flight()
+            in_flight = self.commits.in_flight()
             IN_FLIGHT.labels(topic=self.topic).set(in_flight)
             self._export_oldest()
             if self._paused and not self._too_much(share=0.5):
                 self._set_paused(False)
-            if time.monotonic() < next_commit:
-                continue
-            next_commit = time.monotonic() + interval
-            try:
-                await self.commit()
-            except Exception as exc:
-                log.warning("commit failed", topic=self.topic, error=f"{type(exc).__name__}: {exc}")
+            await self.commits.commit_if_due()
