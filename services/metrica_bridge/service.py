@@ -20,8 +20,9 @@ from metrica_bridge import events, normalize, runtime
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import ConfigError, Settings, TimezoneMismatch
 from metrica_bridge.engine.align import Alignment
+from metrica_bridge.engine.leases import heartbeat
 from metrica_bridge.engine.parking import ParkSweeper
-from metrica_bridge.engine.pipeline import CLAIM_LEASE_S, LEASE_RENEW_S, Batching, Pipeline
+from metrica_bridge.engine.pipeline import Batching, Pipeline
 from metrica_bridge.engine.runner import TopicRunner
 from metrica_bridge.events import EventKind
 from metrica_bridge.health import HealthServer
@@ -59,6 +60,7 @@ DEPENDENCY_RETRY_S = 1.0  # first retry of an unreachable store or broker at sta
 DEPENDENCY_RETRY_MAX_S = 30.0
 STORE_PING_CACHE_S = 1.0  # /readyz pings the store at most this often
 TRIM_INTERVAL_S = 1.0  # freed heap memory goes back to the OS this often (runtime.trim_malloc)
+HOUSEKEEPING_EVERY_S = 5.0  # the quota gauges refresh this often
 
 
 class Service:
@@ -224,13 +226,12 @@ class Service:
             )
             pipeline.start()
             stack.push_async_callback(pipeline.close)
-            batcher = pipeline.batcher
-            governor.demand = lambda: batcher.waiting() > 0
+            governor.demand = lambda: pipeline.waiting_to_send() > 0
             background: list[asyncio.Task[None]] = []
             stack.callback(_cancel_all, background)  # after the consumers stopped
 
             async def stop_runners() -> None:
-                batcher.flush_soon()
+                pipeline.flush_soon()
                 await asyncio.gather(*(r.stop() for r in self.runners.values()))
 
             stack.push_async_callback(stop_runners)
@@ -243,13 +244,15 @@ class Service:
                 self.runners[topic] = runner
             sweeper = ParkSweeper(
                 pipeline,
+                store,
                 list(self.runners),
                 max_wait_s=s.park_max_wait_s,
                 creation_max_wait_s=s.creation_max_wait_s,
             )
             background += [
                 asyncio.create_task(sweeper.run(), name="park-sweeper"),
-                asyncio.create_task(self._housekeeping(client, pipeline), name="housekeeping"),
+                asyncio.create_task(heartbeat(store, pipeline.owner), name="lease-heartbeat"),
+                asyncio.create_task(self._housekeeping(client), name="housekeeping"),
                 asyncio.create_task(_trim_malloc(), name="malloc-trim"),
             ]
             runtime.tune_gc()
@@ -394,18 +397,12 @@ class Service:
                 await asyncio.wait_for(stop.wait(), wait_s)
                 return False
 
-    async def _housekeeping(self, client: MetricaClient, pipeline: Pipeline) -> None:
-        """Lease heartbeat, quota gauge, ledger retention."""
+    async def _housekeeping(self, client: MetricaClient) -> None:
+        """Quota gauge, ledger retention (the lease heartbeat runs apart: engine/leases.py)."""
         assert self.store is not None
         store, retention = self.store, timedelta(days=self.settings.ledger_retention_days)
         next_purge = 0.0
         while True:
-            # The lease heartbeat first, and on its own: a failed quota refresh must not let
-            # this process's claims lapse (another process would take its deals mid-update).
-            try:
-                await asyncio.to_thread(store.renew_claims, pipeline.owner, CLAIM_LEASE_S)
-            except Exception as exc:
-                log.warning("lease renewal failed", error=f"{type(exc).__name__}: {exc}")
             try:
                 await client.governor.refresh()  # the budget's gauges, every process's count
                 if time.monotonic() >= next_purge:
@@ -417,7 +414,7 @@ class Service:
                     next_purge = time.monotonic() + 3_600
             except Exception as exc:
                 log.warning("housekeeping failed", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(LEASE_RENEW_S)
+            await asyncio.sleep(HOUSEKEEPING_EVERY_S)
 
 
 def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:

@@ -21,8 +21,8 @@ from structlog.testing import capture_logs
 
 from metrica_bridge.engine.consumer import CONSUMER_DEFAULTS, ConsumerThread
 from metrica_bridge.engine.offsets import TopicPartition as TP
+from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.metrics import CONSUMER_LAG, REGISTRY
-from metrica_bridge.steps.dlq import SourceRecord
 
 Step = Callable[["FakeConsumer"], list["FakeMessage"]]
 

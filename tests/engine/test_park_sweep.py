@@ -14,8 +14,11 @@ import pytest
 
 from metrica_bridge.codec import Codec, SchemaUnavailable
 from metrica_bridge.config import PROJECT_ROOT
-from metrica_bridge.engine.parking import LEASE_S, ParkSweeper
-from metrica_bridge.events import EventKind
+from metrica_bridge.engine.leases import PARK_LEASE_S as LEASE_S
+from metrica_bridge.engine.parking import ParkSweeper
+from metrica_bridge.engine.work import parked_source
+from metrica_bridge.events import Event, EventKind
+from metrica_bridge.steps.parse import parse, resolve_schemas
 from metrica_bridge.store import IdentityUpdate, ParkedEvent, Store, StoreError, open_store
 from metrica_bridge.store.base import Changes
 from tests.support import crm
@@ -96,16 +99,26 @@ def store(tmp_path: Path) -> Any:
 
 
 def _sweeper(store: Any, codec: Any) -> tuple[ParkSweeper, list[str]]:
+    """The sweeper with the pipeline's side played here: records read with ``codec``."""
     released: list[str] = []
+    kinds = {TOPIC: EventKind.DEAL_STATUS_CHANGED}
+
+    async def resolve_parked(parked: list[ParkedEvent]) -> None:
+        await resolve_schemas(codec, (parked_source(p) for p in parked))
+
+    def parse_parked(parked: ParkedEvent) -> Event | None:
+        parsed = parse(codec, kinds, parked_source(parked))
+        return None if isinstance(parsed, tuple) else parsed
+
     pipeline = SimpleNamespace(
-        store=store,
         owner="me",
-        codec=codec,
-        kinds={TOPIC: EventKind.DEAL_STATUS_CHANGED},
+        resolve_parked=resolve_parked,
+        parse_parked=parse_parked,
         release=lambda parked, *args, **kw: released.append(parked.event_id),
         released_in_progress=lambda: 0,
     )
-    return ParkSweeper(pipeline, [TOPIC], max_wait_s=365 * 86_400), released  # type: ignore[arg-type]
+    sweeper = ParkSweeper(pipeline, store, [TOPIC], max_wait_s=365 * 86_400)  # type: ignore[arg-type]
+    return sweeper, released
 
 
 def _take_again(store: Store, owner: str = "other") -> list[str]:

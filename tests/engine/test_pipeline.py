@@ -17,16 +17,12 @@ import pytest
 from pydantic import SecretStr
 
 from metrica_bridge.engine.parking import ParkSweeper
-from metrica_bridge.engine.pipeline import _Round
-from metrica_bridge.engine.work import Work
-from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrics import REGISTRY
 from metrica_bridge.outcomes import ErrorClass, Outcome
 from metrica_bridge.sandbox import SandboxServer
 from metrica_bridge.steps import enrich
 from metrica_bridge.steps.batch import Endpoint, Pending, SendFn
-from metrica_bridge.steps.parse import parse
 from metrica_bridge.store import open_store
 from metrica_bridge.store.base import Changes, IdentityUpdate, LedgerEntry, Store
 from tests.support import crm
@@ -142,28 +138,6 @@ async def test_everything_in_one_round_ends_once_and_in_order(
     )
 
 
-async def test_one_claim_per_deal_per_round(engine: Engine) -> None:
-    """Two works of one deal in one round (a lead opening it, the deal's own event) both see
-    the deal claimed by the round; only the first may update it, the other waits its turn."""
-    pipeline = engine.pipeline
-    lead = SourceRecord(engine.topics["lead-created"], 0, 0, b"L1", _lead(1, "D1"), (), None)
-    status = _status(1, "D1", "won", 1)
-    change = SourceRecord(engine.topics["deal-status-changed"], 0, 0, b"D1", status, (), None)
-    first, second = Work(lead, "lead:L1"), Work(change, "deal:D1")
-    for work in (first, second):
-        parsed = parse(CODEC, pipeline.kinds, work.source)
-        assert not isinstance(parsed, tuple)
-        work.event = parsed
-        pipeline.lanes.push(work)
-    assert pipeline.lanes.take(10) == [first, second]
-    state = _Round(previous={}, identities={}, parked=set(), claimed={"D1"}, orders={}, inflight={})
-    assert pipeline._order(first, "D1", state) is True
-    assert pipeline._order(second, "D1", state) is False
-    assert first.claim == "D1"
-    assert second.claim is None
-    assert not second.started  # back in its lane, to try again shortly
-
-
 async def test_replay_of_an_event_parked_here_and_finished_elsewhere(
     engine: Engine, sandbox: SandboxServer
 ) -> None:
@@ -214,7 +188,7 @@ async def test_a_payment_waits_in_the_park_for_the_deals_creation_time(
 ) -> None:
     """Issue 15, item 2: the payment's time is never the order's permanent creation time while
     the deal's own may still come."""
-    sweeper = ParkSweeper(engine.pipeline, engine.topics.values(), max_wait_s=600)
+    sweeper = ParkSweeper(engine.pipeline, engine.store, engine.topics.values(), max_wait_s=600)
     engine.feed("lead-created", "L1", _lead(1, None))  # the client is known; the deal is not
     engine.feed("payment-received", "D1", _payment(1, "D1"))
     await engine.settle(2)
@@ -245,7 +219,7 @@ async def test_a_later_payment_never_reaches_metrica_before_the_one_waiting_for_
     and Metrica showed the second payment alone as the deal's revenue; now the first payment
     takes the creation time the second one names, and they go in the deal's order."""
     created = T0 - timedelta(minutes=5)
-    sweeper = ParkSweeper(engine.pipeline, engine.topics.values(), max_wait_s=600)
+    sweeper = ParkSweeper(engine.pipeline, engine.store, engine.topics.values(), max_wait_s=600)
     engine.feed("lead-created", "L1", _lead(1, None))
     engine.feed("payment-received", "D1", _payment(1, "D1", amount="100.00"))
     engine.feed("payment-received", "D1", _payment(2, "D1", amount="250.00", created=created))
@@ -268,7 +242,7 @@ async def test_a_payment_that_waited_its_whole_time_creates_the_order_by_rule(
         "metrica_bridge_order_rules_total", {"rule": "created_at_from_payment"}
     )
     sweeper = ParkSweeper(
-        engine.pipeline, engine.topics.values(), max_wait_s=600, creation_max_wait_s=0
+        engine.pipeline, engine.store, engine.topics.values(), max_wait_s=600, creation_max_wait_s=0
     )
     engine.feed("lead-created", "L1", _lead(1, None))
     engine.feed("payment-received", "D1", _payment(1, "D1"))

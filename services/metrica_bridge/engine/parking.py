@@ -15,22 +15,20 @@ import contextlib
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
-from metrica_bridge.engine.pipeline import Pipeline, parked_source
-from metrica_bridge.events import Event
+from metrica_bridge.engine.leases import PARK_LEASE_S, unlease
+from metrica_bridge.engine.pipeline import Pipeline
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrics import EVENTS_RELEASED, PARKED
-from metrica_bridge.steps.parse import parse, resolve_schemas
-from metrica_bridge.store.base import WAITS_CREATION, Changes, Identity, ParkedEvent
+from metrica_bridge.store.base import WAITS_CREATION, Identity, ParkedEvent, Store
 
 log = get_logger("metrica_bridge.engine.parking")
-
-LEASE_S = 30.0  # renewed with the order claims while the event is being handled
 
 
 class ParkSweeper:
     def __init__(
         self,
         pipeline: Pipeline,
+        store: Store,
         topics: Collection[str],
         *,
         max_wait_s: float,
@@ -39,6 +37,7 @@ class ParkSweeper:
         batch: int = 1_000,
     ) -> None:
         self._pipeline = pipeline
+        self._store = store
         self._topics = list(topics)
         self._max_wait = timedelta(seconds=max_wait_s)
         self._creation_max_wait = timedelta(
@@ -70,7 +69,7 @@ class ParkSweeper:
                 waited += 0.05
 
     async def sweep(self) -> int:
-        store = self._pipeline.store
+        store = self._store
         now = datetime.now(UTC)
         expired_before = now - self._max_wait
         creation_expired_before = now - self._creation_max_wait
@@ -78,7 +77,7 @@ class ParkSweeper:
             store.take_ready_parked,
             self._topics,
             self._pipeline.owner,
-            LEASE_S,
+            PARK_LEASE_S,
             expired_before,
             self._batch,
             creation_expired_before,
@@ -93,7 +92,7 @@ class ParkSweeper:
             identities = await asyncio.to_thread(
                 store.identities, {p.client_uniq_id for p in taken}
             )
-            await resolve_schemas(self._pipeline.codec, (parked_source(p) for p in taken))
+            await self._pipeline.resolve_parked(taken)
         except Exception:
             with contextlib.suppress(Exception):  # else they lapse with the lease
                 await self._unlease(taken)
@@ -122,9 +121,7 @@ class ParkSweeper:
         return len(taken)
 
     async def _unlease(self, parked: list[ParkedEvent]) -> None:
-        await asyncio.to_thread(
-            self._pipeline.store.apply, Changes(unlease=[p.event_id for p in parked])
-        )
+        await unlease(self._store, [p.event_id for p in parked])
 
     def _release(
         self,
@@ -141,7 +138,7 @@ class ParkSweeper:
             # may have been withdrawn since) and puts it back in the park if it must wait.
             # A payment waiting for its deal's creation time is taken when the order has one,
             # or when it waited its whole time: then the order is created at its time.
-            event = self._parse(parked)
+            event = self._pipeline.parse_parked(parked)
             waited_all = (
                 parked.waits_for == WAITS_CREATION and parked.parked_at < creation_expired_before
             )
@@ -153,15 +150,10 @@ class ParkSweeper:
             waited = int((now - parked.parked_at).total_seconds())
             self._pipeline.release(
                 parked,
-                self._parse(parked),
+                self._pipeline.parse_parked(parked),
                 f"no ClientID, phone or email for the client after {waited}s",
             )
         return False
-
-    def _parse(self, parked: ParkedEvent) -> Event | None:
-        """The parked record read again (it was valid when it parked)."""
-        parsed = parse(self._pipeline.codec, self._pipeline.kinds, parked_source(parked))
-        return None if isinstance(parsed, tuple) else parsed
 
 
 def expires(parked: ParkedEvent, identity: Identity | None, expired_before: datetime) -> bool:

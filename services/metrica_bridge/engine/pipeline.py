@@ -1,12 +1,15 @@
 """The engine: consumed records go through the steps in rounds, thousands at a time.
 
-decode → validate → dedupe → enrich → map → batch → send → record, per event, but never event by
-event: a round takes every lane head that is free to start (one per deal, see
-:mod:`~metrica_bridge.engine.lanes`), reads what the round needs from the store in one worker
-thread hop (outcomes, identities merged from leads, parked deals, order claims, order states,
-upload intents), decides each event synchronously, and hands the records to the batcher.
-Uploads settle through a callback; finished events are recorded together in ONE store
-transaction, and only then are their offsets completed and their lanes moved on.
+This module schedules; each step lives in its own module. A round takes every lane head that is
+free to start (one per deal, :mod:`~metrica_bridge.engine.lanes`), parses them
+(:mod:`~metrica_bridge.steps.parse`), asks the dedupe cache (:mod:`~metrica_bridge.steps.dedupe`),
+reads what the round needs from the store in one worker-thread hop, merging the round's
+identities and claiming its orders (:mod:`~metrica_bridge.engine.round_read`), decides each
+event without I/O (:mod:`~metrica_bridge.engine.decide`) and acts on the verdict: the contact and
+the order go to Metrica (:mod:`~metrica_bridge.engine.uploads`), an event waits in the park, or
+goes to the DLQ (:mod:`~metrica_bridge.steps.dlq`). Finished events are recorded together in ONE
+store transaction (:mod:`~metrica_bridge.steps.record`), and only then are their offsets
+completed and their lanes moved on.
 
 Every event ends with exactly one recorded outcome (delivered, skipped, stale, duplicate,
 parked, dead-lettered). Infrastructure failures (the store or the broker unreachable) never
@@ -19,66 +22,53 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from metrica_bridge.codec import Codec, SchemaUnavailable
+from metrica_bridge.engine import decide as verdicts
 from metrica_bridge.engine.align import Alignment
+from metrica_bridge.engine.contacts import Contacts
 from metrica_bridge.engine.lanes import Lanes
+from metrica_bridge.engine.leases import ClaimsToRelease
 from metrica_bridge.engine.offsets import TopicPartition
-from metrica_bridge.engine.work import Done, Work
-from metrica_bridge.events import (
-    DealStatusChanged,
-    Event,
-    EventKind,
-    LeadCreated,
-    PaymentReceived,
-)
+from metrica_bridge.engine.round_read import RoundState, merge_identities_and_claim
+from metrica_bridge.engine.uploads import Uploads
+from metrica_bridge.engine.work import Done, Work, parked_source
+from metrica_bridge.events import Event, EventKind
 from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.logs import get_logger
-from metrica_bridge.metrica.errors import RetryExhausted
 from metrica_bridge.metrica.status_map import StatusMap
 from metrica_bridge.metrics import (
-    CONTACTS_RESENT,
     DLQ_FAILURES,
     END_TO_END_LATENCY,
     ORDER_RULES,
     ORDERS_OUTSIDE_WINDOW,
 )
 from metrica_bridge.outcomes import ErrorClass, Outcome
-from metrica_bridge.steps import enrich
 from metrica_bridge.steps import order_rules as mapping
-from metrica_bridge.steps.batch import Ack, Batcher, Endpoint, Pending, RequestLimits, SendFn
+from metrica_bridge.steps.batch import Batcher, RequestLimits, SendFn
 from metrica_bridge.steps.dedupe import Dedupe
-from metrica_bridge.steps.dlq import DeadLetters, is_replay
+from metrica_bridge.steps.dlq import DeadLetter, DeadLetters, is_replay
 from metrica_bridge.steps.parse import parse, resolve_schemas
-from metrica_bridge.steps.persist import Recorder
+from metrica_bridge.steps.persist import Recorder, changes_of
 from metrica_bridge.steps.reconcile import Reconciler
-from metrica_bridge.steps.send import Rejected
 from metrica_bridge.store.base import (
-    WAITS_CREATION,
     WAITS_IDENTITY,
     Changes,
     ClaimLost,
-    Claims,
-    Identity,
     LedgerEntry,
-    OrderState,
     ParkedEvent,
     Store,
     StoreError,
-    UploadIntent,
 )
 
 log = get_logger("metrica_bridge.engine.pipeline")
 
-CLAIM_LEASE_S = 30.0  # renewed every LEASE_RENEW_S while held; a crashed owner's lapse
-LEASE_RENEW_S = 5.0
-UPLOADED_CACHE = 20_000  # clients; filled early in a stream, so memory stays flat after
 ROUND_MAX = 2_000  # events read and decided together: one store round trip each
 TICK_S = 0.05  # timers (retries, linger of held events) are looked at this often
 RETRY_INFRA_S = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -95,20 +85,6 @@ class Batching:
     linger_s: float
     limits: RequestLimits | None = None  # the largest request (default: max_records, max_bytes)
     pace_delay: Callable[[], float] = lambda: 0.0  # seconds until the pace lets a request go
-
-
-@dataclass(slots=True)
-class _Round:
-    """What one round read from the store."""
-
-    previous: dict[str, Outcome]  # ledger id -> outcome already recorded
-    identities: dict[str, Identity]  # merged from this round's leads, or loaded
-    parked: set[str]  # deals with parked events
-    claimed: set[str]  # deals this round may update
-    orders: dict[str, OrderState]
-    inflight: dict[str, UploadIntent]  # event id -> an earlier upload that carried it
-    taken: set[str] = field(default_factory=set)  # by a work of this round already
-    epochs: dict[str, int] = field(default_factory=dict)  # claimed deal -> its claim's epoch
 
 
 class Pipeline:
@@ -135,42 +111,32 @@ class Pipeline:
         self.dead_letters = dead_letters
         self.zone = ZoneInfo(timezone)
         self.kinds = {topic: kind for kind, topic in topics.items()}
-        self.hash_identifiers = hash_identifiers
         self.owner = owner or f"mb-{uuid.uuid4().hex[:12]}"
-        self.reconciler = reconciler
         self.concurrency = concurrency
-        if alignment is None:
-            alignment = Alignment((), margin_s=0, max_hold_s=0)
-        self.alignment = alignment
-        self.batcher = Batcher(
+        self.alignment = alignment or Alignment((), margin_s=0, max_hold_s=0)
+        batcher = Batcher(
             send,
-            on_settled=self._settled,
+            on_settled=lambda endpoint, batch: self.uploads.settled(endpoint, batch),
             max_records=batching.max_records,
             max_bytes=batching.max_bytes,
             linger_s=batching.linger_s,
             limits=batching.limits,
             pace_delay=batching.pace_delay,
         )
+        contacts = Contacts(hash_identifiers, self.zone)
+        self.uploads = Uploads(batcher, contacts, store, reconciler, self)
+        self._reconciling = reconciler is not None
         self.recorder = Recorder(store)
         self.dedupe = Dedupe(store)
         self.lanes: Lanes[Work] = Lanes()
         self._active: set[Work] = set()  # started, not yet recorded
         self._finished: list[Work] = []  # to be recorded by the next cycle
-        self._release_claims: list[str] = []  # claims of work that went back to its lane
-        self._release_epochs: dict[str, int] = {}  # their epochs, when known (the fence)
-        self._dead: list[tuple[Work, ErrorClass, str]] = []  # to be produced to the DLQ
+        self._releases = ClaimsToRelease()
+        self._dead: list[DeadLetter[Work]] = []  # to be produced to the DLQ
         self._tasks: set[asyncio.Task[None]] = set()
         self._released = 0  # released parked events queued or running
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        # client -> (fingerprint, the contact upload carrying it), until Metrica answers
-        self._contacts: dict[str, tuple[str, Pending]] = {}
-        # client -> fingerprint Metrica holds, for contacts acknowledged but not yet in the store
-        # (two leads of one client in flight at once); bounded, the store is the truth.
-        self._uploaded: OrderedDict[str, str] = OrderedDict()
-        # client -> (identity version, fingerprint of its contact): rendering a contact only to
-        # learn that Metrica holds it already is most of an order event's cost otherwise.
-        self._fingerprints: dict[str, tuple[tuple[object, ...], str]] = {}
         self._latency = {topic: END_TO_END_LATENCY.labels(topic=topic) for topic in topics.values()}
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -179,12 +145,11 @@ class Pipeline:
 
     async def close(self) -> None:
         """Stop at once (after the runners drained what they could)."""
-        for task in [t for t in (self._loop_task,) if t is not None] + list(self._tasks):
+        tasks = [t for t in (self._loop_task,) if t is not None] + list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(
-            *(t for t in (self._loop_task,) if t is not None), *self._tasks, return_exceptions=True
-        )
-        await self.batcher.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.uploads.batcher.close()
 
     # -- intake --------------------------------------------------------------------------------
     def consume(self, records: Iterable[SourceRecord], on_done: Done) -> None:
@@ -226,7 +191,30 @@ class Pipeline:
         self.lanes.push(work)
         self._wake.set()
 
-    # -- what the runners ask ------------------------------------------------------------------
+    async def resolve_parked(self, parked: Iterable[ParkedEvent]) -> None:
+        """Ask the registry (off the loop) for schemas of parked records the codec lacks."""
+        await resolve_schemas(self.codec, (parked_source(p) for p in parked))
+
+    def parse_parked(self, parked: ParkedEvent) -> Event | None:
+        """The parked record read again (it was valid when it parked)."""
+        parsed = parse(self.codec, self.kinds, parked_source(parked))
+        return None if isinstance(parsed, tuple) else parsed
+
+    # -- what the runners and the sweeper ask --------------------------------------------------
+    def assigned(self, topic: str, tps: Iterable[TopicPartition]) -> None:
+        self.alignment.assigned(topic, tps)
+
+    def revoked(self, topic: str, tps: Iterable[TopicPartition]) -> None:
+        self.alignment.revoked(topic, tps)
+
+    def at_end(self, topic: str, tps: Iterable[TopicPartition]) -> None:
+        """These partitions were read to their end (the alignment stops waiting for them)."""
+        self.alignment.at_end(topic, tps)
+
+    def held(self, topic: str) -> int:
+        """Records of the topic the alignment holds back (they count for backpressure)."""
+        return self.alignment.held(topic)
+
     def drop(self, tps: set[TopicPartition]) -> int:
         """Forget work of these partitions not started yet (its records are handed back)."""
         dropped = self.lanes.drop(lambda w: w.tp in tps) + self.alignment.drop(tps)
@@ -246,6 +234,14 @@ class Pipeline:
 
     def released_in_progress(self) -> int:
         return self._released
+
+    def waiting_to_send(self) -> int:
+        """Records waiting in the batcher (the quota governor's demand)."""
+        return self.uploads.batcher.waiting()
+
+    def flush_soon(self) -> None:
+        """Send what the batcher holds without waiting for its linger (a revocation drains)."""
+        self.uploads.batcher.flush_soon()
 
     async def wait_done(self, tps: set[TopicPartition], within_s: float) -> bool:
         """Wait until no work of these partitions is running; False if it took too long."""
@@ -273,9 +269,9 @@ class Pipeline:
             self.lanes.push(work)
         self.lanes.wake(now)
         if self._dead:
-            self._spawn(self._dead_letters(self._dead))
-            self._dead = []
-        if self._finished or self._release_claims:
+            dead, self._dead = self._dead, []
+            self.spawn(self.dead_letters.send_all(dead, self._dead_lettered, _count_failure))
+        if self._finished or self._releases:
             await self._record()
         room = self.concurrency - len(self._active)
         batch = self.lanes.take(min(ROUND_MAX, room)) if room > 0 else []
@@ -288,22 +284,70 @@ class Pipeline:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK_S)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def wake(self) -> None:
+        self._wake.set()
+
     # -- a round -------------------------------------------------------------------------------
     async def _start(self, batch: list[Work]) -> None:
         self._active.update(batch)
-        # Schema ids the codec has not seen are asked of the registry off the loop (issue 16).
-        await resolve_schemas(
-            self.codec,
-            (w.source for w in batch if w.event is None and w.poison is None and w.expired is None),
-        )
+        ready = await self._parse(batch)
+        if not ready:
+            return
+        # A replayed record is a dead letter coming back, and only the store can say what became
+        # of its event since: this process may remember it parked (then finished by another
+        # process's sweeper) or dead-lettered (then delivered by an earlier replay elsewhere),
+        # and would drop the replay as a duplicate, or send it twice.
+        replays = {w.ledger_id for w in ready if is_replay(w.source)}
+        known, missing = self.dedupe.known(w.ledger_id for w in ready if w.ledger_id not in replays)
+        missing.extend(replays)
+        try:
+            state = await asyncio.to_thread(
+                merge_identities_and_claim,
+                self.store,
+                self.dedupe,
+                ready,
+                known,
+                missing,
+                owner=self.owner,
+                reconciling=self._reconciling,
+            )
+        except Exception as exc:
+            # The store failed us: one line for the round, not one per event.
+            delay = RETRY_INFRA_S[min(ready[0].attempts, len(RETRY_INFRA_S) - 1)]
+            log.error(
+                "round failed; its events are retried",
+                events=len(ready),
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=delay,
+            )
+            for work in ready:
+                self._retry(work, exc, quiet=True)
+            return
+        now = datetime.now(UTC)
+        for work in ready:
+            try:
+                self._act(work, verdicts.decide(work, state, self.statuses, now), state)
+            except Exception as exc:
+                self._fail(work, exc)
+        # Claimed for work that did not take it after all (it failed on the way): let it go now
+        # rather than when the lease lapses.
+        taken = {w.claim for w in ready if w.claim is not None}
+        for deal in state.claimed - taken:
+            self._releases.add(deal, state.epochs.get(deal))
+
+    async def _parse(self, batch: list[Work]) -> list[Work]:
+        """Parse what is not parsed yet; schema ids the codec has not seen are asked of the
+        registry off the loop (issue 16). A record whose parsing raised waits alone."""
+        fresh = [w for w in batch if w.event is None and w.poison is None and w.expired is None]
+        await resolve_schemas(self.codec, (w.source for w in fresh))
         ready: list[Work] = []
         for work in batch:
-            if work.event is None and work.poison is None and work.expired is None:
+            if work in fresh:
                 try:
                     parsed = parse(self.codec, self.kinds, work.source)
                 except SchemaUnavailable as exc:
@@ -317,442 +361,84 @@ class Pipeline:
                 else:
                     work.event = parsed
             ready.append(work)
-        if not ready:
-            return
-        # A replayed record is a dead letter coming back, and only the store can say what became
-        # of its event since: this process may remember it parked (then finished by another
-        # process's sweeper) or dead-lettered (then delivered by an earlier replay elsewhere),
-        # and would drop the replay as a duplicate, or send it twice.
-        replays = {w.ledger_id for w in ready if is_replay(w.source)}
-        known, missing = self.dedupe.known(w.ledger_id for w in ready if w.ledger_id not in replays)
-        missing.extend(replays)
-        try:
-            state = await asyncio.to_thread(self._read, ready, known, missing)
-        except Exception as exc:
-            # The store failed us: one line for the round, not one per event.
-            delay = RETRY_INFRA_S[min(ready[0].attempts, len(RETRY_INFRA_S) - 1)]
-            log.error(
-                "round failed; its events are retried",
-                events=len(ready),
-                error=f"{type(exc).__name__}: {exc}",
-                retry_in_s=delay,
-            )
-            for work in ready:
-                self._retry(work, exc, quiet=True)
-            return
-        for work in ready:
-            try:
-                self._decide(work, state)
-            except Exception as exc:
-                self._fail(work, exc)
-        # Claimed for work that did not take it after all (it failed on the way): let it go now
-        # rather than when the lease lapses.
-        taken = {w.claim for w in ready if w.claim is not None}
-        self._release_claims.extend(state.claimed - taken)
-        self._release_epochs.update({d: e for d, e in state.epochs.items() if d not in taken})
+        return ready
 
-    def _read(self, batch: list[Work], known: dict[str, Outcome], missing: list[str]) -> _Round:
-        """Everything the round needs from the store (runs in a worker thread)."""
-        store = self.store
-        previous = known | self.dedupe.recorded(missing)
-        leads: list[LeadCreated] = []
-        merging: list[LeadCreated] = []
-        orders: list[Work] = []
-        for work in batch:
-            event = work.event
-            if event is None or work.expired or self._repeat(work, previous.get(work.ledger_id)):
-                continue
-            if isinstance(event, LeadCreated):
-                leads.append(event)
-                # A lead leaving the park was merged when it parked; merging it again would
-                # bring back its consent over a newer lead's.
-                if not work.released:
-                    merging.append(event)
-            else:
-                orders.append(work)
-        identities = (
-            store.merge_identities([enrich.identity_update(lead) for lead in merging])
-            if merging
-            else {}
-        )
-        wanted = {lead.client.uniq_id for lead in leads} | {_client(w) for w in orders}
-        wanted -= identities.keys()
-        if wanted:
-            identities.update(store.identities(wanted))
-        live_deals = {_deal(w) for w in orders if not w.released}
-        parked = store.parked_deals(live_deals) if live_deals else set()
-        claims = [
-            lead.deal_id
-            for lead in leads
-            if lead.deal_id is not None and _bindable(identities.get(lead.client.uniq_id))
-        ]
-        for work in orders:
-            deal = _deal(work)
-            if _bindable(identities.get(_client(work))) and (work.released or deal not in parked):
-                claims.append(deal)
-        claimed = store.claim_orders(claims, self.owner, CLAIM_LEASE_S) if claims else Claims()
-        states = store.orders(claimed) if claimed else {}
-        inflight: dict[str, UploadIntent] = {}
-        if claimed and self.reconciler is not None:
-            ids = [
-                w.event.event_id
-                for w in batch
-                if w.event is not None and getattr(w.event, "deal_id", None) in claimed
-            ]
-            inflight = store.inflight(ids)
-        return _Round(
-            previous, identities, parked, claimed, states, inflight, epochs=claimed.epochs
-        )
-
-    def _repeat(self, work: Work, previous: Outcome | None) -> bool:
-        """Seen before, and not coming back the ways an event may come back: a DLQ replay is
-        the one way back for a dead-lettered event, and a parked event leaving the park is that
-        same event, not a duplicate of itself."""
-        if previous is None:
-            return False
-        if previous == Outcome.DEAD_LETTERED and is_replay(work.source):
-            return False
-        return not (previous == Outcome.PARKED and work.released)
-
-    def _decide(self, work: Work, state: _Round) -> None:
-        previous = state.previous.get(work.ledger_id)
-        if self._repeat(work, previous):
+    def _act(self, work: Work, verdict: verdicts.Verdict, state: RoundState) -> None:
+        claim = getattr(verdict, "claim", None)
+        if claim is not None:
+            work.claim, work.epoch = claim, state.epochs.get(claim)
+        if isinstance(verdict, verdicts.Duplicate):
             if work.released:  # handled already: leave the park (or be leased forever)
                 work.unpark = True
-            log.debug("duplicate", previous=previous, **work.log_fields())
-            self._finish(work, Outcome.DUPLICATE)
-            return
-        if work.poison is not None:
-            self._dead_letter(work, *work.poison)
-            return
-        if work.expired is not None:
-            self._dead_letter(work, ErrorClass.UNATTRIBUTABLE, work.expired)
-            return
-        event = work.event
-        assert event is not None
-        if isinstance(event, LeadCreated):
-            deal = event.deal_id
-            identity = state.identities.get(event.client.uniq_id) or Identity(event.client.uniq_id)
-            if deal is not None and not identity.has_identifier():
-                # Orders go to Metrica only for clients it can bind: the lead waits like any
-                # other order event of a client without an identifier.
-                self._wait(work, event.client.uniq_id, deal, None, WAITS_IDENTITY)
-                return
-        else:
-            found = state.identities.get(event.client_uniq_id)
-            deal = event.deal_id
-            # Behind parked events of the same deal, an event parks too, to keep the deal's
-            # order; a released event is itself still in the park until it is recorded.
-            if (
-                found is None
-                or not found.has_identifier()
-                or (not work.released and deal in state.parked)
-            ):
-                version = event.version if isinstance(event, DealStatusChanged) else None
-                self._wait(work, event.client_uniq_id, deal, version, WAITS_IDENTITY)
-                return
-            identity = found
-        if deal is not None and not self._order(work, deal, state):
-            return
-        self._ensure_contact(work, identity)
-        if work.contact is None:
-            self._after_contact(work)
-
-    def _order(self, work: Work, deal: str, state: _Round) -> bool:
-        """Decide what the order becomes; False when the event goes no further now (someone
-        else is updating the order, it waits for the deal's creation time, or it is invalid)."""
-        if deal not in state.claimed or deal in state.taken:
-            # Another worker (this process or another) is updating the order: wait our turn.
+            log.debug("duplicate", previous=verdict.previous, **work.log_fields())
+            self.finish(work, Outcome.DUPLICATE)
+        elif isinstance(verdict, verdicts.DeadLetter):
+            self.dead_letter(work, verdict.error_class, verdict.reason)
+        elif isinstance(verdict, verdicts.Park):
+            self._park(work, verdict)
+        elif isinstance(verdict, verdicts.ClaimBusy):
             work.claim_waits += 1
-            delay = CLAIM_WAIT_S[min(work.claim_waits, len(CLAIM_WAIT_S)) - 1]
-            self._back(work, delay)
-            return False
-        work.claim = deal
-        work.epoch = state.epochs.get(deal)
-        state.taken.add(deal)
-        event = work.event
-        now = datetime.now(UTC)
-        order = state.orders.get(deal)
-        verdict: mapping.Verdict
-        if isinstance(event, LeadCreated):
-            verdict = mapping.on_lead(order, event, self.statuses, now)
-        elif isinstance(event, DealStatusChanged):
-            verdict = mapping.on_status(order, event, self.statuses, now)
+            self._back(work, CLAIM_WAIT_S[min(work.claim_waits, len(CLAIM_WAIT_S)) - 1])
         else:
-            assert isinstance(event, PaymentReceived)
-            verdict = mapping.on_payment(
-                order,
-                event,
-                self.statuses,
-                now,
-                creation_waited=work.creation_waited,
-                deal_created_at=work.deal_created_at,
-            )
-            if isinstance(verdict, mapping.Wait):
-                self._wait(work, event.client_uniq_id, deal, None, WAITS_CREATION)
-                return False
-        if isinstance(verdict, mapping.Invalid):
-            self._dead_letter(work, ErrorClass.INVALID_EVENT, verdict.reason)
-            return False
-        if isinstance(verdict, mapping.Skip):
-            work.order_state = verdict.state
-            work.outcome, work.detail = verdict.outcome, verdict.reason
-            return True
-        for rule in verdict.rules:
+            if verdict.order is not None:
+                self._order(work, verdict.order, state)
+            self.uploads.start(work, verdict.identity)
+
+    def _order(self, work: Work, order: mapping.Send | mapping.Skip, state: RoundState) -> None:
+        """What the order becomes: a skip is the event's outcome; a send is rendered now and goes
+        after the contact (through the reconciler when a crashed run may have sent it)."""
+        work.order_state = order.state
+        if isinstance(order, mapping.Skip):
+            work.outcome, work.detail = order.outcome, order.reason
+            return
+        for rule in order.rules:
             ORDER_RULES.labels(rule=rule).inc()
             log.warning("order decided by rule", rule=rule, **work.log_fields())
-        for window in verdict.windows:
+        for window in order.windows:
             ORDERS_OUTSIDE_WINDOW.labels(window=window).inc()
             log.warning(
                 "order outside Metrica's binding window", window=window, **work.log_fields()
             )
-        work.order_state = verdict.state
-        work.order = verdict.record.render(self.zone)
+        work.order = order.record.render(self.zone)
         intent = state.inflight.get(work.ledger_id)
         if intent is not None and intent.owner != self.owner:
             work.intent = intent
-        return True
 
-    def _ensure_contact(self, work: Work, identity: Identity) -> None:
-        """Upload the client's contact unless Metrica already holds exactly this version."""
-        client = identity.client_uniq_id
-        version: tuple[object, ...] = (
-            identity.client_ids,
-            identity.phones,
-            identity.emails,
-            identity.name,
-            identity.consent,
-        )
-        known = self._fingerprints.get(client)
-        contact = None
-        if known is not None and known[0] == version:
-            fingerprint = known[1]  # rendered already for an earlier event of this client
-        else:
-            contact = enrich.contact(identity, self.hash_identifiers, self.zone)
-            fingerprint = contact[2]
-            self._fingerprints[client] = (version, fingerprint)
-            if len(self._fingerprints) > UPLOADED_CACHE:
-                self._fingerprints.pop(next(iter(self._fingerprints)))
-        if fingerprint in (identity.uploaded_fingerprint, self._uploaded.get(client)):
-            return
-        work.contact = (client, fingerprint)
-        current = self._contacts.get(client)
-        if current is not None and current[0] == fingerprint and current[1].result is None:
-            current[1].waiters.append(work)  # the same contact is on its way already
-            return
-        if contact is None:
-            contact = enrich.contact(identity, self.hash_identifiers, self.zone)
-        rendered, encoded, _ = contact
-        deadline = self.batcher.deadline(work.consumed_at)
-        pending = self.batcher.submit(
-            Endpoint.CONTACTS, client, rendered, deadline, work, encoded=encoded
-        )
-        self._contacts[client] = (fingerprint, pending)
-
-    def _after_contact(self, work: Work) -> None:
-        if work.order is not None:
-            if work.intent is not None and self.reconciler is not None:
-                self._spawn(self._reconcile(work, work.intent))
-            else:
-                self._send_order(work)
-            return
-        if work.outcome is None:  # a lead without a deal: the contact is the delivery
-            work.outcome, work.detail = Outcome.DELIVERED, "contact"
-        self._finish(work, work.outcome, work.detail)
-
-    def _send_order(self, work: Work) -> None:
-        assert work.order is not None
-        assert work.claim is not None
-        self.batcher.submit(
-            Endpoint.ORDERS,
-            work.claim,
-            work.order,
-            self.batcher.deadline(work.consumed_at),
-            work,
-            work.ledger_id,
-        )
-
-    async def _reconcile(self, work: Work, intent: UploadIntent) -> None:
-        """The upload of a previous run that already carried this event, if Metrica applied it."""
-        assert self.reconciler is not None
-        try:
-            uploading_id = await self.reconciler.applied(intent)
-        except Exception as exc:
-            self._retry(work, exc)
-            self._wake.set()
-            return
-        work.intent = None
-        if uploading_id is None:
-            self._send_order(work)
-            return
-        work.ack = Ack(uploading_id, intent.records, time.time())
-        self._finish(work, Outcome.DELIVERED, "order")
-
-    def _wait(
-        self, work: Work, client: str, deal: str, version: int | None, waits_for: str
-    ) -> None:
-        """Park the event until ``waits_for`` arrives (WAITS_IDENTITY: an identifier for the
-        client; WAITS_CREATION: the deal's creation time)."""
+    def _park(self, work: Work, verdict: verdicts.Park) -> None:
+        """Wait in the park for the client's identity or the deal's creation time."""
         if work.released:
             # Still waiting (consent withdrawn since the sweep, say): it stays parked, and its
             # lease ends now (the heartbeat would renew it forever) so the next sweep decides.
             work.unlease = True
-            self._finish(work, None)
+            self.finish(work, None)
             return
-        source, event = work.source, work.event
-        assert event is not None
-        work.park = ParkedEvent(
-            event_id=event.event_id,
-            topic=source.topic,
-            partition=source.partition,
-            offset=source.offset,
-            key=source.key,
-            value=source.value or b"",
-            headers=source.headers,
-            client_uniq_id=client,
-            deal_id=deal,
-            occurred_at=event.occurred_at,
-            version=version,
-            parked_at=datetime.now(UTC),
-            timestamp_ms=source.timestamp_ms,
-            waits_for=waits_for,
-            deal_created_at=_created(event),
-        )
-        waiting = "client's identity" if waits_for == WAITS_IDENTITY else "deal's creation time"
+        work.park = work.parked(verdict.client, verdict.deal, verdict.version, verdict.waits_for)
+        waiting = "client's identity" if verdict.waits_for == WAITS_IDENTITY else "creation time"
         log.debug(f"parked until the {waiting} arrives", **work.log_fields())
-        self._finish(work, Outcome.PARKED)
+        self.finish(work, Outcome.PARKED)
 
-    # -- uploads settle ------------------------------------------------------------------------
-    def _settled(self, endpoint: Endpoint, batch: list[Pending]) -> None:
-        if endpoint is Endpoint.CONTACTS:
-            acked = [p for p in batch if isinstance(p.result, Ack)]
-            if acked:
-                self._spawn(self._verify_contacts(acked))
-                batch = [p for p in batch if not isinstance(p.result, Ack)]
-        self._settle(endpoint, batch)
-
-    async def _verify_contacts(self, acked: list[Pending]) -> None:
-        """Another process may have uploaded the same client's contact, with identifiers from
-        a lead it handled, and ours landed after theirs: under UPDATE the lists we sent replace
-        theirs, and Metrica holds less than the store knows (issue 16, item 13: two instances
-        lost a ClientID). So after each ack the identity is read again; if it renders otherwise
-        than what we sent, the current one is sent again, for the same waiters, before they go
-        on. The last upload to land is always checked after it landed, so Metrica ends with the
-        whole identity; it costs a read per acked batch and a request only when a race happened."""
-        try:
-            current = await asyncio.to_thread(self.store.identities, {p.record_id for p in acked})
-        except Exception as exc:
-            # Unverified, not lost: the client's next event compares again.
-            log.warning("contact check after upload failed", error=f"{type(exc).__name__}: {exc}")
-            current = {}
-        done: list[Pending] = []
-        for pending in acked:
-            identity = current.get(pending.record_id)
-            if identity is None:
-                done.append(pending)
-                continue
-            rendered, encoded, fingerprint = enrich.contact(
-                identity, self.hash_identifiers, self.zone
-            )
-            if fingerprint == enrich.fingerprint(pending.encoded):
-                done.append(pending)
-                continue
-            log.info("contact changed while it was uploaded; sending the current one")
-            CONTACTS_RESENT.inc()
-            again = self.batcher.resubmit(Endpoint.CONTACTS, pending, rendered, encoded)
-            self._contacts[pending.record_id] = (fingerprint, again)
-        self._settle(Endpoint.CONTACTS, done)
-
-    def _settle(self, endpoint: Endpoint, batch: list[Pending]) -> None:
-        for pending in batch:
-            result = pending.result
-            fingerprint = ""
-            if endpoint is Endpoint.CONTACTS:
-                entry = self._contacts.get(pending.record_id)
-                if entry is not None and entry[1] is pending:
-                    del self._contacts[pending.record_id]
-                if isinstance(result, Ack):
-                    # What Metrica holds now: the newest version merged into this upload.
-                    fingerprint = enrich.fingerprint(pending.encoded)
-                    self._remember_contact(pending.record_id, fingerprint)
-            for work in pending.waiters:
-                if isinstance(result, Ack):
-                    work.ack = result
-                    if endpoint is Endpoint.CONTACTS:
-                        work.contact_uploaded = (pending.record_id, fingerprint)
-                        work.contact = None
-                        self._after_contact(work)
-                    else:
-                        self._finish(work, Outcome.DELIVERED, "order")
-                elif isinstance(result, Rejected):
-                    self._dead_letter(work, ErrorClass.REJECTED, result.reason)
-                elif isinstance(result, RetryExhausted):
-                    self._dead_letter(work, ErrorClass.RETRY_EXHAUSTED, str(result))
-                else:
-                    self._retry(work, result)
-        self._wake.set()
-
-    def _remember_contact(self, client: str, fingerprint: str) -> None:
-        self._uploaded[client] = fingerprint
-        self._uploaded.move_to_end(client)
-        if len(self._uploaded) > UPLOADED_CACHE:
-            self._uploaded.popitem(last=False)
-
-    # -- dead letters --------------------------------------------------------------------------
-    def _dead_letter(self, work: Work, error_class: ErrorClass, reason: str) -> None:
+    # -- how events end ------------------------------------------------------------------------
+    def dead_letter(self, work: Work, error_class: ErrorClass, reason: str) -> None:
         work.order = work.order_state = None  # nothing of the order was sent
-        self._dead.append((work, error_class, reason))
+        self._dead.append(DeadLetter(work, work.source, error_class, reason, work.attempts + 1))
         self._wake.set()
 
-    async def _dead_letters(self, items: list[tuple[Work, ErrorClass, str]]) -> None:
-        """Produce to the DLQ; an event is recorded dead-lettered only once the broker has
-        the record (retried until it does: a crash meanwhile redelivers the original)."""
-        tries = 0
-        while items:
-            sent = await asyncio.gather(
-                *(self.dead_letters.send(w.source, c, r, w.attempts + 1) for w, c, r in items),
-                return_exceptions=True,
-            )
-            failed = []
-            error = ""
-            for (work, error_class, reason), result in zip(items, sent, strict=True):
-                if isinstance(result, BaseException):
-                    failed.append((work, error_class, reason))
-                    DLQ_FAILURES.labels(topic=work.source.topic).inc()
-                    error = f"{type(result).__name__}: {result}"
-                    continue
-                log.warning(
-                    "dead-lettered",
-                    error_class=error_class.value,
-                    reason=reason,
-                    **work.log_fields(),
-                )
-                self._finish(work, Outcome.DEAD_LETTERED, error_class.value)
-            if failed:
-                # Nothing to drop and nowhere else to put it: the partition holds (it commits
-                # nothing past it), the DLQ-failure alert fires, and the wait grows.
-                delay = RETRY_INFRA_S[min(tries, len(RETRY_INFRA_S) - 1)]
-                tries += 1
-                log.error(
-                    "dead-letter produce failed; retrying",
-                    count=len(failed),
-                    error=error,
-                    retry_in_s=delay,
-                )
-                await asyncio.sleep(delay)
-            items = failed
+    def _dead_lettered(self, item: DeadLetter[Work]) -> None:
+        log.warning(
+            "dead-lettered",
+            error_class=item.error_class.value,
+            reason=item.reason,
+            **item.subject.log_fields(),
+        )
+        self.finish(item.subject, Outcome.DEAD_LETTERED, item.error_class.value)
 
-    # -- ends ----------------------------------------------------------------------------------
-    def _finish(self, work: Work, outcome: Outcome | None, detail: str = "") -> None:
+    def finish(self, work: Work, outcome: Outcome | None, detail: str = "") -> None:
         work.outcome = outcome
         if outcome is not None and outcome not in (Outcome.DUPLICATE, Outcome.PARKED):
             ack = work.ack
+            uploading_id = ack.uploading_id if ack is not None else None
             work.ledger = LedgerEntry(
-                work.ledger_id,
-                work.source.topic,
-                outcome,
-                detail,
-                ack.uploading_id if ack is not None else None,
+                work.ledger_id, work.source.topic, outcome, detail, uploading_id
             )
             if work.released:
                 work.unpark = True
@@ -765,7 +451,7 @@ class Pipeline:
         personal data)."""
         work.failures += 1
         if work.failures < MAX_RECORD_FAILURES:
-            self._retry(work, error)
+            self.retry(work, error)
             return
         log.error(
             "event handling keeps failing; dead-lettered",
@@ -774,10 +460,13 @@ class Pipeline:
             **work.log_fields(),
         )
         if work.claim is not None:
-            self._release_claims.append(work.claim)
+            self._releases.add(work.claim, None)
         work.reset()
         reason = f"handling failed {work.failures} times: {type(error).__name__}"
-        self._dead_letter(work, ErrorClass.INVALID_EVENT, reason)
+        self.dead_letter(work, ErrorClass.INVALID_EVENT, reason)
+
+    def retry(self, work: Work, error: BaseException | None) -> None:
+        self._retry(work, error)
 
     def _retry(self, work: Work, error: BaseException | None, *, quiet: bool = False) -> None:
         """An infrastructure failure: the event is not handled; try it again from the start."""
@@ -794,31 +483,27 @@ class Pipeline:
 
     def _back(self, work: Work, delay: float) -> None:
         if work.claim is not None:
-            self._release_claims.append(work.claim)
-            if work.epoch is not None:
-                self._release_epochs[work.claim] = work.epoch
+            self._releases.add(work.claim, work.epoch)
         work.reset()
         self._active.discard(work)
         self.lanes.retry(work, time.monotonic() + delay)
 
+    # -- recording -----------------------------------------------------------------------------
     async def _record(self) -> None:
+        """Write what finished in one transaction (the recorder leaves out, and names, a part
+        whose claim was lost or that the store refuses, so one event never holds the others,
+        issue 16); then complete offsets and move lanes on."""
         works, self._finished = self._finished, []
-        released, self._release_claims = self._release_claims, []
-        epochs, self._release_epochs = self._release_epochs, {}
-        # One part per work, and one for the claims of work gone back: the store writes them
-        # together, and the recorder leaves out (and names) a part whose claim was lost or that
-        # the store refuses, so one event never holds the others (issue 16).
-        free = Changes(release_claims=list(released), owner=self.owner)
-        free.epochs = {deal: epochs[deal] for deal in released if deal in epochs}
+        free = self._releases.take()
+        free.owner = self.owner
         whole = Changes(owner=self.owner)
         for work in works:
-            self._changes(work, whole)
-        whole.ledger.extend(free.ledger)
+            changes_of(work, whole)
         whole.release_claims.extend(free.release_claims)
         whole.epochs.update(free.epochs)
 
         def parts() -> list[Changes]:
-            return [*(self._changes(work, Changes(owner=self.owner)) for work in works), free]
+            return [*(changes_of(w, Changes(owner=self.owner)) for w in works), free]
 
         try:
             failed = await self.recorder.record(whole, parts)
@@ -826,12 +511,13 @@ class Pipeline:
             # Not the store being down (the recorder waits that out): still, nothing finished
             # may be lost, so these go round again with the next cycle.
             self._finished[:0] = works
-            self._release_claims[:0] = released
-            self._release_epochs = epochs | self._release_epochs
+            self._releases.restore(free)
             raise
         if len(works) in failed:
             log.error(
-                "releasing claims refused", deals=len(released), error=str(failed[len(works)])
+                "releasing claims refused",
+                deals=len(free.release_claims),
+                error=str(failed[len(works)]),
             )
         recorded: list[Work] = []
         for index, work in enumerate(works):
@@ -842,6 +528,9 @@ class Pipeline:
                 self._claim_lost(work)
             elif self._refused(work, error):
                 recorded.append(work)
+        self._recorded(recorded)
+
+    def _recorded(self, recorded: list[Work]) -> None:
         self.recorder.count(
             Counter((w.source.topic, w.outcome) for w in recorded if w.outcome is not None)
         )
@@ -856,11 +545,7 @@ class Pipeline:
             ]
         )
         for work in recorded:
-            if (
-                work.outcome == Outcome.DELIVERED
-                and work.ack is not None
-                and work.event is not None
-            ):
+            if work.outcome == Outcome.DELIVERED and work.ack is not None and work.event:
                 latency = work.ack.acked_at - work.event.occurred_at.timestamp()
                 self._latency[work.source.topic].observe(max(0.0, latency))
             self._active.discard(work)
@@ -869,28 +554,6 @@ class Pipeline:
                 self._released -= 1
             if work.on_done is not None:
                 work.on_done(work)
-
-    @staticmethod
-    def _changes(work: Work, changes: Changes) -> Changes:
-        """Add what a finished work writes (fenced by its claim) to ``changes``."""
-        if work.ledger is not None:
-            changes.ledger.append(work.ledger)
-        if work.order_state is not None:
-            changes.orders.append(work.order_state)
-        if work.contact_uploaded is not None:
-            client, fingerprint = work.contact_uploaded
-            changes.contacts_uploaded[client] = fingerprint
-        if work.claim is not None:
-            changes.release_claims.append(work.claim)
-            if work.epoch is not None:
-                changes.epochs[work.claim] = work.epoch
-        if work.park is not None:
-            changes.park.append(work.park)
-        if work.unpark:
-            changes.unpark.append(work.ledger_id)
-        if work.unlease:
-            changes.unlease.append(work.ledger_id)
-        return changes
 
     def _claim_lost(self, work: Work) -> None:
         """Its lease lapsed and another process took the deal (and may have written a newer
@@ -913,42 +576,17 @@ class Pipeline:
         if work.outcome == Outcome.DEAD_LETTERED:
             work.ledger = None  # the DLQ holds the record already
             if work.claim is not None:  # released apart (the heartbeat would renew it forever)
-                self._release_claims.append(work.claim)
-                if work.epoch is not None:
-                    self._release_epochs[work.claim] = work.epoch
+                self._releases.add(work.claim, work.epoch)
             work.claim = work.epoch = None
             return True
         work.order_state = work.contact_uploaded = work.park = work.ledger = None
         work.unlease = work.unpark = False
-        self._dead_letter(work, ErrorClass.INVALID_EVENT, f"the store refuses it: {error}")
+        self.dead_letter(work, ErrorClass.INVALID_EVENT, f"the store refuses it: {error}")
         return False
 
 
-def _bindable(identity: Identity | None) -> bool:
-    return identity is not None and identity.has_identifier()
-
-
-def _deal(work: Work) -> str:
-    event = work.event
-    assert isinstance(event, DealStatusChanged | PaymentReceived)
-    return event.deal_id
-
-
-def _client(work: Work) -> str:
-    event = work.event
-    assert isinstance(event, DealStatusChanged | PaymentReceived)
-    return event.client_uniq_id
-
-
-def _created(event: Event) -> datetime | None:
-    """The deal's creation time as the event tells it (a lead opening a deal creates it)."""
-    if isinstance(event, LeadCreated):
-        return event.occurred_at if event.deal_id is not None else None
-    return event.deal_created_at
-
-
-def _position(source: SourceRecord) -> str:
-    return f"@{source.topic}:{source.partition}:{source.offset}"
+def _count_failure(item: DeadLetter[Work]) -> None:
+    DLQ_FAILURES.labels(topic=item.record.topic).inc()
 
 
 def _lane(source: SourceRecord, kinds: Mapping[str, EventKind]) -> str:
@@ -956,18 +594,6 @@ def _lane(source: SourceRecord, kinds: Mapping[str, EventKind]) -> str:
     and payments share a lane, and so do the records of one lead. A lead that opens a deal
     meets that deal's events through the order's claim."""
     if source.key is None:
-        return _position(source)
+        return f"@{source.topic}:{source.partition}:{source.offset}"
     key = source.key.decode("utf-8", "replace")
     return f"lead:{key}" if kinds.get(source.topic) is EventKind.LEAD_CREATED else f"deal:{key}"
-
-
-def parked_source(parked: ParkedEvent) -> SourceRecord:
-    return SourceRecord(
-        topic=parked.topic,
-        partition=parked.partition,
-        offset=parked.offset,
-        key=parked.key,
-        value=parked.value,
-        headers=parked.headers,
-        timestamp_ms=parked.timestamp_ms,
-    )

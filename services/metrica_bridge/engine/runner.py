@@ -113,7 +113,7 @@ class TopicRunner:
         kept = [r for r in records if (r.topic, r.partition) in assigned]
         commits.track((r.topic, r.partition, r.offset) for r in kept)  # all or nothing
         self.pipeline.consume(kept, self._complete)
-        self.pipeline.alignment.at_end(self.topic, (tp for tp in at_end if tp in assigned))
+        self.pipeline.at_end(self.topic, (tp for tp in at_end if tp in assigned))
         self._consumed.inc(len(records))
         self._in_flight.set(commits.in_flight())
         if not self._paused and self._too_much():
@@ -126,15 +126,15 @@ class TopicRunner:
     # -- group membership ----------------------------------------------------------------------
     async def _on_assign(self, tps: list[TopicPartition]) -> None:
         self.assigned.update(tps)
-        self.pipeline.alignment.assigned(self.topic, tps)
+        self.pipeline.assigned(self.topic, tps)
         PARTITIONS_ASSIGNED.labels(topic=self.topic).set(len(self.assigned))
 
     async def _on_revoke(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         revoked = set(tps)
-        self.pipeline.alignment.revoked(self.topic, tps)
+        self.pipeline.revoked(self.topic, tps)
         self.pipeline.drop(revoked)
         if self.pipeline.busy(revoked):
-            self.pipeline.batcher.flush_soon()
+            self.pipeline.flush_soon()
             timeout = self._drain_left() if self._stopping else self.settings.shutdown_timeout_s
             if not await self.pipeline.wait_done(revoked, timeout):
                 # Abandoned: uncommitted, so the next owner handles it (and finds its outcome
@@ -155,7 +155,7 @@ class TopicRunner:
         """In flight beyond the limit, or too far ahead of the topics upstream: records held for
         them are only memory (a quarter of the limit is plenty to keep the engine busy)."""
         limit = self.settings.max_in_flight_events * share
-        held = self.pipeline.alignment.held(self.topic)
+        held = self.pipeline.held(self.topic)
         return self.commits.uncommittable() >= limit or held >= max(1.0, limit / 4)
 
     def _export_oldest(self) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from metrica_bridge.engine.offsets import TopicPartition
-from metrica_bridge.events import Event
+from metrica_bridge.events import Event, LeadCreated
 from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.outcomes import ErrorClass, Outcome
 from metrica_bridge.steps.batch import Ack
@@ -89,6 +89,28 @@ class Work:
             "offset": source.offset,
         }
 
+    def parked(self, client: str, deal: str, version: int | None, waits_for: str) -> ParkedEvent:
+        """This event as it waits in the park for ``waits_for`` (an identity, a creation time)."""
+        source, event = self.source, self.event
+        assert event is not None
+        return ParkedEvent(
+            event_id=event.event_id,
+            topic=source.topic,
+            partition=source.partition,
+            offset=source.offset,
+            key=source.key,
+            value=source.value or b"",
+            headers=source.headers,
+            client_uniq_id=client,
+            deal_id=deal,
+            occurred_at=event.occurred_at,
+            version=version,
+            parked_at=datetime.now(UTC),
+            timestamp_ms=source.timestamp_ms,
+            waits_for=waits_for,
+            deal_created_at=_created(event),
+        )
+
     def reset(self) -> None:
         """Back to the start (a retry after an infrastructure failure)."""
         self.claim = self.epoch = self.contact = self.order = self.intent = None
@@ -96,3 +118,23 @@ class Work:
         self.park = self.ack = None
         self.unpark = self.unlease = False
         self.detail = ""
+
+
+def _created(event: Event) -> datetime | None:
+    """The deal's creation time as the event tells it (a lead opening a deal creates it)."""
+    if isinstance(event, LeadCreated):
+        return event.occurred_at if event.deal_id is not None else None
+    return event.deal_created_at
+
+
+def parked_source(parked: ParkedEvent) -> SourceRecord:
+    """The record a parked event came from, as it is handled again."""
+    return SourceRecord(
+        topic=parked.topic,
+        partition=parked.partition,
+        offset=parked.offset,
+        key=parked.key,
+        value=parked.value,
+        headers=parked.headers,
+        timestamp_ms=parked.timestamp_ms,
+    )

@@ -8,13 +8,16 @@ record, so a crash in between re-delivers the original instead of losing it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 from confluent_kafka import KafkaError
 
 from metrica_bridge.kafka.producer import DeliveryError, Producer
 from metrica_bridge.kafka.record import SourceRecord
-from metrica_bridge.logs import redact
+from metrica_bridge.logs import get_logger, redact
 from metrica_bridge.metrics import DLQ_RECORDS
 from metrica_bridge.outcomes import ErrorClass
 
@@ -30,6 +33,10 @@ MAX_MESSAGE = 500
 MAX_RECORD_BYTES = 1_000_000
 MAX_STUB_KEY = 1_024
 MAX_COUNT_DIGITS = 9  # a header count beyond 999,999,999 is not a count
+RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # between produce attempts of records the broker refused
+
+T = TypeVar("T")
+log = get_logger("metrica_bridge.steps.dlq")
 
 
 def dlq_topic(topic: str) -> str:
@@ -109,6 +116,17 @@ def stub(
     return key, [*headers, (VALUE_DROPPED, str(size).encode("ascii"))]
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter(Generic[T]):
+    """One record to dead-letter, and whatever the caller finishes once it is in the DLQ."""
+
+    subject: T
+    record: SourceRecord
+    error_class: ErrorClass
+    reason: str
+    attempts: int
+
+
 class DeadLetters:
     def __init__(self, producer: Producer, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         self._producer = producer
@@ -133,6 +151,44 @@ class DeadLetters:
             key, headers = stub(record, error_class, message, attempts)
             await self._produce(record, key, None, headers)
         DLQ_RECORDS.labels(topic=record.topic, error_class=error_class.value).inc()
+
+    async def send_all(
+        self,
+        items: Sequence[DeadLetter[T]],
+        on_sent: Callable[[DeadLetter[T]], None],
+        on_failed: Callable[[DeadLetter[T]], None] = lambda _: None,
+    ) -> None:
+        """Produce every item, retrying the ones the broker refused until it has them all:
+        an event is recorded dead-lettered only once its record is in the DLQ (a crash meanwhile
+        redelivers the original). Nothing to drop and nowhere else to put it, so the partition
+        holds (it commits nothing past it), ``on_failed`` counts the failure for the alert, and
+        the wait grows."""
+        tries = 0
+        while items:
+            sent = await asyncio.gather(
+                *(self.send(i.record, i.error_class, i.reason, i.attempts) for i in items),
+                return_exceptions=True,
+            )
+            failed = []
+            error = ""
+            for item, result in zip(items, sent, strict=True):
+                if isinstance(result, BaseException):
+                    failed.append(item)
+                    on_failed(item)
+                    error = f"{type(result).__name__}: {result}"
+                else:
+                    on_sent(item)
+            if failed:
+                delay = RETRY_S[min(tries, len(RETRY_S) - 1)]
+                tries += 1
+                log.error(
+                    "dead-letter produce failed; retrying",
+                    count=len(failed),
+                    error=error,
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+            items = failed
 
     async def _produce(
         self,

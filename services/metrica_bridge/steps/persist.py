@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrics import EVENTS_PROCESSED
@@ -24,6 +25,9 @@ from metrica_bridge.outcomes import Outcome
 from metrica_bridge.store.base import (
     Changes,
     ClaimLost,
+    LedgerEntry,
+    OrderState,
+    ParkedEvent,
     Store,
     StoreError,
     StoreRefused,
@@ -31,6 +35,52 @@ from metrica_bridge.store.base import (
 )
 
 log = get_logger("metrica_bridge.steps.persist")
+
+
+class Finished(Protocol):
+    """What a finished event writes (the engine's work item has these fields)."""
+
+    @property
+    def ledger(self) -> LedgerEntry | None: ...
+    @property
+    def order_state(self) -> OrderState | None: ...
+    @property
+    def contact_uploaded(self) -> tuple[str, str] | None: ...
+    @property
+    def claim(self) -> str | None: ...
+    @property
+    def epoch(self) -> int | None: ...
+    @property
+    def park(self) -> ParkedEvent | None: ...
+    @property
+    def unpark(self) -> bool: ...
+    @property
+    def unlease(self) -> bool: ...
+    @property
+    def ledger_id(self) -> str: ...
+
+
+def changes_of(work: Finished, changes: Changes) -> Changes:
+    """Add what a finished event writes to ``changes`` (its order state fenced by its claim,
+    which the same transaction gives back) and return them."""
+    if work.ledger is not None:
+        changes.ledger.append(work.ledger)
+    if work.order_state is not None:
+        changes.orders.append(work.order_state)
+    if work.contact_uploaded is not None:
+        client, fingerprint = work.contact_uploaded
+        changes.contacts_uploaded[client] = fingerprint
+    if work.claim is not None:
+        changes.release_claims.append(work.claim)
+        if work.epoch is not None:
+            changes.epochs[work.claim] = work.epoch
+    if work.park is not None:
+        changes.park.append(work.park)
+    if work.unpark:
+        changes.unpark.append(work.ledger_id)
+    if work.unlease:
+        changes.unlease.append(work.ledger_id)
+    return changes
 
 
 class Recorder:
