@@ -17,7 +17,13 @@ from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.metrica.status_map import parse_status_map
 from metrica_bridge.outcomes import ErrorClass, Outcome
 from metrica_bridge.steps import order_rules as mapping
-from metrica_bridge.store.base import WAITS_CREATION, WAITS_IDENTITY, Identity, OrderState
+from metrica_bridge.store.base import (
+    WAITS_CREATION,
+    WAITS_IDENTITY,
+    Identity,
+    OrderState,
+    UploadIntent,
+)
 from tests.support.stack import STATUS_MAP
 
 STATUSES = parse_status_map(yaml.safe_load(STATUS_MAP))
@@ -160,3 +166,14 @@ def test_repeats_poison_and_expired_events() -> None:
     assert decide(expired, _state(), STATUSES, NOW) == verdicts.DeadLetter(
         ErrorClass.UNATTRIBUTABLE, "waited 60s"
     )
+
+
+def test_an_order_a_crashed_run_was_uploading_waits_for_that_upload_to_settle() -> None:
+    """Found by the long chaos run: a killed process's upload of the order (a deal amount) was
+    applied and never recorded; a payment decided from the stored state sent the order without
+    it, and the revenue stayed wrong. Only the event that upload carried goes on (to reconcile)."""
+    crashed = UploadIntent("i-1", "crashed", "orders", 1, NOW - timedelta(seconds=5))
+    state = _state(unsettled={"D1": "i-1"})
+    assert decide(_work(_payment()), state, STATUSES, NOW) == verdicts.Unsettled("i-1")
+    carried = _state(unsettled={"D1": "i-1"}, inflight={"status-1": crashed})
+    assert isinstance(decide(_work(_status()), carried, STATUSES, NOW), verdicts.Go)

@@ -14,7 +14,8 @@ from metrica_bridge.sandbox import SandboxServer
 from metrica_bridge.steps import send
 from metrica_bridge.steps.batch import Ack, Endpoint, Pending, encode
 from metrica_bridge.steps.send import Sender
-from metrica_bridge.store.base import Store, StoreError
+from metrica_bridge.store.base import Store, StoreError, order_intent_key
+from tests.support import crm
 from tests.support.stack import COUNTER
 
 
@@ -72,3 +73,27 @@ async def test_accepted_is_settled_even_when_the_store_stays_down(
     # the events are delivered (the ledger will say so), not retried: never sent twice
     assert all(isinstance(p.result, Ack) for p in batch)
     assert len(sandbox.uploads(COUNTER)) == 1
+
+
+async def test_an_order_upload_is_recorded_under_each_order_too(
+    sandbox: SandboxServer, client: MetricaClient, store: Store
+) -> None:
+    """Another process about to update the order finds this upload while it is unsettled
+    (engine/round_read.py ``unsettled``), not only the events it carries."""
+    crm.push_status_map(sandbox.url)
+    sender = Sender(client, store, "test-owner")
+    contact = _contacts(1)
+    await sender(Endpoint.CONTACTS, contact)
+    record: dict[str, Any] = {
+        "id": "D1",
+        "client_uniq_id": "c0",
+        "client_type": "CONTACT",
+        "order_status": "new",
+        "create_date_time": "2026-06-01 10:00:00",
+    }
+    order = Pending("D1", record, encode(record), time.monotonic(), [], ["s1"])
+    await sender(Endpoint.ORDERS, [order])
+    assert isinstance(order.result, Ack)
+    intents = store.inflight(["s1", order_intent_key("D1")])
+    assert intents["s1"] == intents[order_intent_key("D1")]
+    assert intents["s1"].endpoint == "orders"

@@ -50,6 +50,14 @@ class ClaimBusy:
 
 
 @dataclass(frozen=True, slots=True)
+class Unsettled:
+    """A crashed run's upload of the order is not settled yet (``round_read.unsettled``): wait
+    until the event it carried is handled again, so the order is decided from what it applied."""
+
+    intent_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Go:
     """Make sure Metrica holds the client's contact; then, for an order event, the order."""
 
@@ -58,7 +66,7 @@ class Go:
     order: mapping.Send | mapping.Skip | None = None
 
 
-Verdict = Duplicate | DeadLetter | Park | ClaimBusy | Go
+Verdict = Duplicate | DeadLetter | Park | ClaimBusy | Unsettled | Go
 
 
 def decide(work: Work, state: RoundState, statuses: StatusMap, now: datetime) -> Verdict:
@@ -107,6 +115,10 @@ def _order(
     """What the order becomes; the deal is taken for the rest of the round whatever it is."""
     if deal not in state.claimed or deal in state.taken:
         return ClaimBusy()
+    waiting_for = state.unsettled.get(deal)
+    carried = state.inflight.get(work.ledger_id)
+    if waiting_for is not None and (carried is None or carried.intent_id != waiting_for):
+        return Unsettled(waiting_for)
     state.taken.add(deal)
     event = work.event
     order = state.orders.get(deal)

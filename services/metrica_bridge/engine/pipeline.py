@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -34,7 +34,7 @@ from metrica_bridge.engine import decide as verdicts
 from metrica_bridge.engine.align import Alignment
 from metrica_bridge.engine.contacts import Contacts
 from metrica_bridge.engine.lanes import Lanes
-from metrica_bridge.engine.leases import ClaimsToRelease
+from metrica_bridge.engine.leases import CLAIM_LEASE_S, ClaimsToRelease
 from metrica_bridge.engine.offsets import TopicPartition
 from metrica_bridge.engine.round_read import RoundState, merge_identities_and_claim
 from metrica_bridge.engine.uploads import Uploads
@@ -76,6 +76,7 @@ RETRY_INFRA_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 # raise again) ends as invalid_event instead of being retried forever (DESIGN.md §5).
 MAX_RECORD_FAILURES = 5
 CLAIM_WAIT_S = (0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0)
+UNSETTLED_WAIT_S = 1.0  # between looks at a crashed run's unsettled upload of the order
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,11 @@ class Pipeline:
         )
         contacts = Contacts(hash_identifiers, self.zone)
         self.uploads = Uploads(batcher, contacts, store, reconciler, self)
-        self._reconciling = reconciler is not None
+        # A crashed run's upload of an order holds the order's other events for as long as it
+        # may still arrive in Metrica, and as long again for its event to come back.
+        self._unsettled_wait = (
+            None if reconciler is None else reconciler.reach * 2 + timedelta(seconds=CLAIM_LEASE_S)
+        )
         self.recorder = Recorder(store)
         self.dedupe = Dedupe(store)
         self.lanes: Lanes[Work] = Lanes()
@@ -314,7 +319,7 @@ class Pipeline:
                 known,
                 missing,
                 owner=self.owner,
-                reconciling=self._reconciling,
+                unsettled_since=self._unsettled_since(),
             )
         except Exception as exc:
             # The store failed us: one line for the round, not one per event.
@@ -339,6 +344,10 @@ class Pipeline:
         taken = {w.claim for w in ready if w.claim is not None}
         for deal in state.claimed - taken:
             self._releases.add(deal, state.epochs.get(deal))
+
+    def _unsettled_since(self) -> datetime | None:
+        wait = self._unsettled_wait
+        return None if wait is None else datetime.now(UTC) - wait
 
     async def _parse(self, batch: list[Work]) -> list[Work]:
         """Parse what is not parsed yet; schema ids the codec has not seen are asked of the
@@ -379,6 +388,9 @@ class Pipeline:
         elif isinstance(verdict, verdicts.ClaimBusy):
             work.claim_waits += 1
             self._back(work, CLAIM_WAIT_S[min(work.claim_waits, len(CLAIM_WAIT_S)) - 1])
+        elif isinstance(verdict, verdicts.Unsettled):
+            log.info("order waits for a crashed run's upload to settle", **work.log_fields())
+            self._back(work, UNSETTLED_WAIT_S)
         else:
             if verdict.order is not None:
                 self._order(work, verdict.order, state)

@@ -9,6 +9,7 @@ first (so the round decides with them), and the orders the round may update are 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from metrica_bridge.engine.leases import CLAIM_LEASE_S
 from metrica_bridge.engine.work import Work
@@ -17,7 +18,14 @@ from metrica_bridge.outcomes import Outcome
 from metrica_bridge.steps import enrich
 from metrica_bridge.steps.dedupe import Dedupe
 from metrica_bridge.steps.dlq import is_replay
-from metrica_bridge.store.base import Claims, Identity, OrderState, Store, UploadIntent
+from metrica_bridge.store.base import (
+    Claims,
+    Identity,
+    OrderState,
+    Store,
+    UploadIntent,
+    order_intent_key,
+)
 
 
 @dataclass(slots=True)
@@ -32,6 +40,8 @@ class RoundState:
     inflight: dict[str, UploadIntent]  # event id -> an earlier upload that carried it
     taken: set[str] = field(default_factory=set)  # by a work of this round already
     epochs: dict[str, int] = field(default_factory=dict)  # claimed deal -> its claim's epoch
+    # claimed deal -> a crashed run's upload of its order, not settled yet (its intent id)
+    unsettled: dict[str, str] = field(default_factory=dict)
 
 
 def merge_identities_and_claim(
@@ -42,12 +52,13 @@ def merge_identities_and_claim(
     missing: list[str],
     *,
     owner: str,
-    reconciling: bool,
+    unsettled_since: datetime | None,
 ) -> RoundState:
     """Everything the round needs (runs in a worker thread): outcomes already recorded, the
     identities of its clients (merged from its leads first), its deals' parked events, claims on
-    the orders it may update and their states, and the open upload intents of claimed events
-    when a reconciler may need them."""
+    the orders it may update and their states, and, when ``unsettled_since`` is given (a
+    reconciler runs), the open upload intents of claimed events and of claimed orders: another
+    process's upload of an order begun since then and never settled (:func:`unsettled`)."""
     previous = known | dedupe.recorded(missing)
     leads: list[LeadCreated] = []
     merging: list[LeadCreated] = []
@@ -78,16 +89,45 @@ def merge_identities_and_claim(
     claimed = _claim(store, owner, leads, orders, identities, parked)
     states = store.orders(claimed) if claimed else {}
     inflight: dict[str, UploadIntent] = {}
-    if claimed and reconciling:
+    orders_unsettled: dict[str, str] = {}
+    if claimed and unsettled_since is not None:
         ids = [
             w.event.event_id
             for w in batch
             if w.event is not None and getattr(w.event, "deal_id", None) in claimed
         ]
-        inflight = store.inflight(ids)
+        keys = {order_intent_key(deal): deal for deal in claimed}
+        inflight = store.inflight([*ids, *keys])
+        orders_unsettled = unsettled(
+            {keys[k]: inflight.pop(k) for k in list(inflight) if k in keys},
+            owner,
+            unsettled_since,
+        )
     return RoundState(
-        previous, identities, parked, claimed, states, inflight, epochs=claimed.epochs
+        previous,
+        identities,
+        parked,
+        claimed,
+        states,
+        inflight,
+        epochs=claimed.epochs,
+        unsettled=orders_unsettled,
     )
+
+
+def unsettled(intents: dict[str, UploadIntent], owner: str, since: datetime) -> dict[str, str]:
+    """Orders another process began uploading since ``since`` and never settled: it crashed (or
+    its claim lapsed) between Metrica's answer and recording it, so the order's stored state may
+    lack what that upload applied. Deciding from it now would send a state Metrica then shows
+    instead (the long chaos run: a deal's amount uploaded by a killed process, then a payment
+    decided without it, and the revenue stayed wrong). Such an order waits until the event that
+    upload carried is handled again and reconciled, at most until the upload is older than
+    ``since`` (then its events were handled, or will never be, and waiting helps no one)."""
+    return {
+        deal: intent.intent_id
+        for deal, intent in intents.items()
+        if not intent.resolved and intent.owner != owner and intent.started_at >= since
+    }
 
 
 def _claim(

@@ -118,6 +118,11 @@ class Reconciler:
                 self._verdicts[intent.intent_id] = await self._resolve(intent)
             return self._verdicts[intent.intent_id]
 
+    @property
+    def reach(self) -> timedelta:
+        """How long after an intent began its upload may still arrive in Metrica."""
+        return self._reach
+
     def _reaches(self, intent: UploadIntent, when: datetime) -> bool:
         return intent.started_at - SKEW <= when <= intent.started_at + self._reach
 

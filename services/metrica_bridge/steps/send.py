@@ -38,7 +38,7 @@ from metrica_bridge.metrica.client import MetricaClient
 from metrica_bridge.metrica.errors import MetricaError, PermanentError, SetupError
 from metrica_bridge.metrics import LAST_SUCCESSFUL_UPLOAD, UPLOAD_RECORDS
 from metrica_bridge.steps.batch import Ack, Endpoint, Pending, RequestLimits
-from metrica_bridge.store.base import Store, StoreError, UploadIntent
+from metrica_bridge.store.base import Store, StoreError, UploadIntent, order_intent_key
 
 log = get_logger("metrica_bridge.steps.send")
 
@@ -185,6 +185,8 @@ class Sender:
     ) -> PermanentError | None:
         """One upload. Sets every record's result unless Metrica refused the data (returned)."""
         events = [event_id for p in records for event_id in p.event_ids]
+        if endpoint is Endpoint.ORDERS:
+            events += [order_intent_key(p.record_id) for p in records]
         intents: list[str] = []
 
         async def before_send() -> None:

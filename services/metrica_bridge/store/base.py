@@ -115,6 +115,16 @@ class ParkedEvent:
     deal_created_at: datetime | None = None
 
 
+# An order upload's intent is also recorded under this key per order (besides its events' ids):
+# another process about to update the order finds a crashed run's unsettled upload of it. The
+# unit separator cannot start an event id (events.py refuses control characters).
+ORDER_INTENT_PREFIX = "\x1forder:"
+
+
+def order_intent_key(deal_id: str) -> str:
+    return ORDER_INTENT_PREFIX + deal_id
+
+
 @dataclass(frozen=True, slots=True)
 class UploadIntent:
     """An upload about to be sent (or sent, outcome unknown until ``resolved``)."""
