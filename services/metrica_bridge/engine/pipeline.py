@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,8 +33,9 @@ from metrica_bridge.engine import decide as verdicts
 from metrica_bridge.engine.align import Alignment
 from metrica_bridge.engine.contacts import Contacts
 from metrica_bridge.engine.lanes import Lanes
-from metrica_bridge.engine.leases import CLAIM_LEASE_S, ClaimsToRelease
+from metrica_bridge.engine.leases import CLAIM_LEASE_S
 from metrica_bridge.engine.offsets import TopicPartition
+from metrica_bridge.engine.recording import Recording
 from metrica_bridge.engine.round_read import RoundState, merge_identities_and_claim
 from metrica_bridge.engine.uploads import Uploads
 from metrica_bridge.engine.work import Done, Work, parked_source
@@ -45,26 +45,18 @@ from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.status_map import StatusMap
 from metrica_bridge.metrics import (
     DLQ_FAILURES,
-    END_TO_END_LATENCY,
-    ORDER_RULES,
-    ORDERS_OUTSIDE_WINDOW,
 )
 from metrica_bridge.outcomes import ErrorClass, Outcome
-from metrica_bridge.steps import order_rules as mapping
 from metrica_bridge.steps.batch import Batcher, RequestLimits, SendFn
 from metrica_bridge.steps.dedupe import Dedupe
 from metrica_bridge.steps.dlq import DeadLetter, DeadLetters, is_replay
 from metrica_bridge.steps.parse import parse, resolve_schemas
-from metrica_bridge.steps.persist import Recorder, changes_of
+from metrica_bridge.steps.persist import Recorder
 from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.store.base import (
     WAITS_IDENTITY,
-    Changes,
-    ClaimLost,
-    LedgerEntry,
     ParkedEvent,
     Store,
-    StoreError,
 )
 
 log = get_logger("metrica_bridge.engine.pipeline")
@@ -125,24 +117,23 @@ class Pipeline:
             pace_delay=batching.pace_delay,
         )
         contacts = Contacts(hash_identifiers, self.zone)
-        self.uploads = Uploads(batcher, contacts, store, reconciler, self)
+        self.uploads = Uploads(batcher, contacts, store, reconciler, self, self.owner, self.zone)
         # A crashed run's upload of an order holds the order's other events for as long as it
         # may still arrive in Metrica, and as long again for its event to come back.
         self._unsettled_wait = (
             None if reconciler is None else reconciler.reach * 2 + timedelta(seconds=CLAIM_LEASE_S)
         )
-        self.recorder = Recorder(store)
         self.dedupe = Dedupe(store)
+        self.recording = Recording(
+            Recorder(store), self.dedupe, self.owner, list(topics.values()), self
+        )
         self.lanes: Lanes[Work] = Lanes()
         self._active: set[Work] = set()  # started, not yet recorded
-        self._finished: list[Work] = []  # to be recorded by the next cycle
-        self._releases = ClaimsToRelease()
         self._dead: list[DeadLetter[Work]] = []  # to be produced to the DLQ
         self._tasks: set[asyncio.Task[None]] = set()
         self._released = 0  # released parked events queued or running
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
-        self._latency = {topic: END_TO_END_LATENCY.labels(topic=topic) for topic in topics.values()}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -276,15 +267,15 @@ class Pipeline:
         if self._dead:
             dead, self._dead = self._dead, []
             self.spawn(self.dead_letters.send_all(dead, self._dead_lettered, _count_failure))
-        if self._finished or self._releases:
-            await self._record()
+        if self.recording:
+            await self.recording.record()
         room = self.concurrency - len(self._active)
         batch = self.lanes.take(min(ROUND_MAX, room)) if room > 0 else []
         if batch:
             await self._start(batch)
             await asyncio.sleep(0)
             return
-        if not self._finished and not self._dead:
+        if not self.recording and not self._dead:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK_S)
@@ -343,7 +334,7 @@ class Pipeline:
         # rather than when the lease lapses.
         taken = {w.claim for w in ready if w.claim is not None}
         for deal in state.claimed - taken:
-            self._releases.add(deal, state.epochs.get(deal))
+            self.recording.releases.add(deal, state.epochs.get(deal))
 
     def _unsettled_since(self) -> datetime | None:
         wait = self._unsettled_wait
@@ -387,34 +378,14 @@ class Pipeline:
             self._park(work, verdict)
         elif isinstance(verdict, verdicts.ClaimBusy):
             work.claim_waits += 1
-            self._back(work, CLAIM_WAIT_S[min(work.claim_waits, len(CLAIM_WAIT_S)) - 1])
+            self.back(work, CLAIM_WAIT_S[min(work.claim_waits, len(CLAIM_WAIT_S)) - 1])
         elif isinstance(verdict, verdicts.Unsettled):
             log.info("order waits for a crashed run's upload to settle", **work.log_fields())
-            self._back(work, UNSETTLED_WAIT_S)
+            self.back(work, UNSETTLED_WAIT_S)
         else:
             if verdict.order is not None:
-                self._order(work, verdict.order, state)
+                self.uploads.prepare_order(work, verdict.order, state.inflight.get(work.ledger_id))
             self.uploads.start(work, verdict.identity)
-
-    def _order(self, work: Work, order: mapping.Send | mapping.Skip, state: RoundState) -> None:
-        """What the order becomes: a skip is the event's outcome; a send is rendered now and goes
-        after the contact (through the reconciler when a crashed run may have sent it)."""
-        work.order_state = order.state
-        if isinstance(order, mapping.Skip):
-            work.outcome, work.detail = order.outcome, order.reason
-            return
-        for rule in order.rules:
-            ORDER_RULES.labels(rule=rule).inc()
-            log.warning("order decided by rule", rule=rule, **work.log_fields())
-        for window in order.windows:
-            ORDERS_OUTSIDE_WINDOW.labels(window=window).inc()
-            log.warning(
-                "order outside Metrica's binding window", window=window, **work.log_fields()
-            )
-        work.order = order.record.render(self.zone)
-        intent = state.inflight.get(work.ledger_id)
-        if intent is not None and intent.owner != self.owner:
-            work.intent = intent
 
     def _park(self, work: Work, verdict: verdicts.Park) -> None:
         """Wait in the park for the client's identity or the deal's creation time."""
@@ -445,17 +416,16 @@ class Pipeline:
         self.finish(item.subject, Outcome.DEAD_LETTERED, item.error_class.value)
 
     def finish(self, work: Work, outcome: Outcome | None, detail: str = "") -> None:
-        work.outcome = outcome
-        if outcome is not None and outcome not in (Outcome.DUPLICATE, Outcome.PARKED):
-            ack = work.ack
-            uploading_id = ack.uploading_id if ack is not None else None
-            work.ledger = LedgerEntry(
-                work.ledger_id, work.source.topic, outcome, detail, uploading_id
-            )
-            if work.released:
-                work.unpark = True
-        self._finished.append(work)
-        self._wake.set()
+        self.recording.finish(work, outcome, detail)
+
+    def done(self, work: Work) -> None:
+        """Recorded: its offset completes and its lane moves on."""
+        self._active.discard(work)
+        self.lanes.done(work)
+        if work.released:
+            self._released -= 1
+        if work.on_done is not None:
+            work.on_done(work)
 
     def _fail(self, work: Work, error: Exception) -> None:
         """Handling this record raised: try it again, alone, unless it has failed so often that
@@ -472,7 +442,7 @@ class Pipeline:
             **work.log_fields(),
         )
         if work.claim is not None:
-            self._releases.add(work.claim, None)
+            self.recording.releases.add(work.claim, None)
         work.reset()
         reason = f"handling failed {work.failures} times: {type(error).__name__}"
         self.dead_letter(work, ErrorClass.INVALID_EVENT, reason)
@@ -491,110 +461,15 @@ class Pipeline:
                 retry_in_s=delay,
                 **work.log_fields(),
             )
-        self._back(work, delay)
+        self.back(work, delay)
 
-    def _back(self, work: Work, delay: float) -> None:
+    def back(self, work: Work, delay: float) -> None:
+        """Back to its lane, to start again after ``delay`` (its claim given back)."""
         if work.claim is not None:
-            self._releases.add(work.claim, work.epoch)
+            self.recording.releases.add(work.claim, work.epoch)
         work.reset()
         self._active.discard(work)
         self.lanes.retry(work, time.monotonic() + delay)
-
-    # -- recording -----------------------------------------------------------------------------
-    async def _record(self) -> None:
-        """Write what finished in one transaction (the recorder leaves out, and names, a part
-        whose claim was lost or that the store refuses, so one event never holds the others,
-        issue 16); then complete offsets and move lanes on."""
-        works, self._finished = self._finished, []
-        free = self._releases.take()
-        free.owner = self.owner
-        whole = Changes(owner=self.owner)
-        for work in works:
-            changes_of(work, whole)
-        whole.release_claims.extend(free.release_claims)
-        whole.epochs.update(free.epochs)
-
-        def parts() -> list[Changes]:
-            return [*(changes_of(w, Changes(owner=self.owner)) for w in works), free]
-
-        try:
-            failed = await self.recorder.record(whole, parts)
-        except Exception:
-            # Not the store being down (the recorder waits that out): still, nothing finished
-            # may be lost, so these go round again with the next cycle.
-            self._finished[:0] = works
-            self._releases.restore(free)
-            raise
-        if len(works) in failed:
-            log.error(
-                "releasing claims refused",
-                deals=len(free.release_claims),
-                error=str(failed[len(works)]),
-            )
-        recorded: list[Work] = []
-        for index, work in enumerate(works):
-            error = failed.get(index)
-            if error is None:
-                recorded.append(work)
-            elif isinstance(error, ClaimLost):
-                self._claim_lost(work)
-            elif self._refused(work, error):
-                recorded.append(work)
-        self._recorded(recorded)
-
-    def _recorded(self, recorded: list[Work]) -> None:
-        self.recorder.count(
-            Counter((w.source.topic, w.outcome) for w in recorded if w.outcome is not None)
-        )
-        self.dedupe.remember([w.ledger for w in recorded if w.ledger is not None])
-        # A copy of a parked event arriving while it waits (a CRM retry) is a duplicate, not a
-        # second parked event that would never get an outcome of its own.
-        self.dedupe.remember(
-            [
-                LedgerEntry(w.park.event_id, w.source.topic, Outcome.PARKED)
-                for w in recorded
-                if w.park is not None
-            ]
-        )
-        for work in recorded:
-            if work.outcome == Outcome.DELIVERED and work.ack is not None and work.event:
-                latency = work.ack.acked_at - work.event.occurred_at.timestamp()
-                self._latency[work.source.topic].observe(max(0.0, latency))
-            self._active.discard(work)
-            self.lanes.done(work)
-            if work.released:
-                self._released -= 1
-            if work.on_done is not None:
-                work.on_done(work)
-
-    def _claim_lost(self, work: Work) -> None:
-        """Its lease lapsed and another process took the deal (and may have written a newer
-        state): nothing of it was written; it decides again, from what the store holds now."""
-        log.warning("order claim lost before recording; deciding again", **work.log_fields())
-        work.claim = work.epoch = None  # not ours: nothing to release
-        self._back(work, CLAIM_WAIT_S[0])
-
-    def _refused(self, work: Work, error: StoreError) -> bool:
-        """The store refuses what this work would write, on its own (a value it cannot hold):
-        writing it again fails forever. It ends dead-lettered as ``invalid_event`` with the
-        reason (and none of its order state); True when it ends now, without a ledger entry,
-        because even that was refused (the DLQ has the record)."""
-        log.error(
-            "the store refuses the event's outcome; dead-lettered",
-            error=str(error),
-            outcome=work.outcome,
-            **work.log_fields(),
-        )
-        if work.outcome == Outcome.DEAD_LETTERED:
-            work.ledger = None  # the DLQ holds the record already
-            if work.claim is not None:  # released apart (the heartbeat would renew it forever)
-                self._releases.add(work.claim, work.epoch)
-            work.claim = work.epoch = None
-            return True
-        work.order_state = work.contact_uploaded = work.park = work.ledger = None
-        work.unlease = work.unpark = False
-        self.dead_letter(work, ErrorClass.INVALID_EVENT, f"the store refuses it: {error}")
-        return False
 
 
 def _count_failure(item: DeadLetter[Work]) -> None:

@@ -60,21 +60,7 @@ def merge_identities_and_claim(
     reconciler runs), the open upload intents of claimed events and of claimed orders: another
     process's upload of an order begun since then and never settled (:func:`unsettled`)."""
     previous = known | dedupe.recorded(missing)
-    leads: list[LeadCreated] = []
-    merging: list[LeadCreated] = []
-    orders: list[Work] = []
-    for work in batch:
-        event = work.event
-        if event is None or work.expired or is_repeat(work, previous.get(work.ledger_id)):
-            continue
-        if isinstance(event, LeadCreated):
-            leads.append(event)
-            # A lead leaving the park was merged when it parked; merging it again would bring
-            # back its consent over a newer lead's.
-            if not work.released:
-                merging.append(event)
-        else:
-            orders.append(work)
+    leads, merging, orders = _sort(batch, previous)
     identities = (
         store.merge_identities([enrich.identity_update(lead) for lead in merging])
         if merging
@@ -128,6 +114,29 @@ def unsettled(intents: dict[str, UploadIntent], owner: str, since: datetime) -> 
         for deal, intent in intents.items()
         if not intent.resolved and intent.owner != owner and intent.started_at >= since
     }
+
+
+def _sort(
+    batch: list[Work], previous: dict[str, Outcome]
+) -> tuple[list[LeadCreated], list[LeadCreated], list[Work]]:
+    """The round's leads, the leads whose identifiers are merged now, and its order events;
+    repeats, poison and expired events need nothing from the store."""
+    leads: list[LeadCreated] = []
+    merging: list[LeadCreated] = []
+    orders: list[Work] = []
+    for work in batch:
+        event = work.event
+        if event is None or work.expired or is_repeat(work, previous.get(work.ledger_id)):
+            continue
+        if isinstance(event, LeadCreated):
+            leads.append(event)
+            # A lead leaving the park was merged when it parked; merging it again would bring
+            # back its consent over a newer lead's.
+            if not work.released:
+                merging.append(event)
+        else:
+            orders.append(work)
+    return leads, merging, orders
 
 
 def _claim(

@@ -13,14 +13,16 @@ import asyncio
 import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from metrica_bridge.engine.contacts import Contacts
 from metrica_bridge.engine.work import Work
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.errors import RetryExhausted
-from metrica_bridge.metrics import CONTACTS_RESENT
+from metrica_bridge.metrics import CONTACTS_RESENT, ORDER_RULES, ORDERS_OUTSIDE_WINDOW
 from metrica_bridge.outcomes import ErrorClass, Outcome
 from metrica_bridge.steps import enrich
+from metrica_bridge.steps import order_rules as mapping
 from metrica_bridge.steps.batch import Ack, Batcher, Endpoint, Pending
 from metrica_bridge.steps.reconcile import Reconciler
 from metrica_bridge.steps.send import Rejected
@@ -47,12 +49,38 @@ class Uploads:
         store: Store,
         reconciler: Reconciler | None,
         ends: Ends,
+        owner: str,
+        zone: ZoneInfo,
     ) -> None:
         self.batcher = batcher
         self.contacts = contacts
         self._store = store
         self._reconciler = reconciler
         self._ends = ends
+        self._owner = owner
+        self._zone = zone
+
+    def prepare_order(
+        self, work: Work, order: mapping.Send | mapping.Skip, intent: UploadIntent | None
+    ) -> None:
+        """What the order becomes: a skip is the event's outcome; a send is rendered now and goes
+        after the contact, through the reconciler when ``intent`` (another run's upload that
+        carried this event) may have delivered it already."""
+        work.order_state = order.state
+        if isinstance(order, mapping.Skip):
+            work.outcome, work.detail = order.outcome, order.reason
+            return
+        for rule in order.rules:
+            ORDER_RULES.labels(rule=rule).inc()
+            log.warning("order decided by rule", rule=rule, **work.log_fields())
+        for window in order.windows:
+            ORDERS_OUTSIDE_WINDOW.labels(window=window).inc()
+            log.warning(
+                "order outside Metrica's binding window", window=window, **work.log_fields()
+            )
+        work.order = order.record.render(self._zone)
+        if intent is not None and intent.owner != self._owner:
+            work.intent = intent
 
     def start(self, work: Work, identity: Identity) -> None:
         """The contact, unless Metrica holds exactly this version; then (or at once) the rest."""

@@ -148,21 +148,7 @@ class Reconciler:
                 if other.records == intent.records and other.intent_id != intent.intent_id
             ]
             known = await asyncio.to_thread(self._store.known_uploads, since - self._reach)
-            candidates: list[tuple[datetime, str]] = []
-            for upload in uploads:
-                uploading_id = str(upload.get("uploading_id", ""))
-                when = parse_uploading_time(str(upload.get("datetime", "")), self._zone)
-                if (
-                    not uploading_id
-                    or uploading_id in known
-                    or when is None
-                    or upload.get("elements_count") != intent.records
-                    or upload.get("api_validation_status", "PASSED") != "PASSED"
-                    or not made_like_ours(upload, intent.endpoint)
-                    or not since <= when <= until
-                ):
-                    continue
-                candidates.append((when, uploading_id))
+            candidates = self._candidates(intent, uploads, known)
             contenders = [
                 c for c in claimants if any(self._reaches(c, when) for when, _ in candidates)
             ]
@@ -187,6 +173,29 @@ class Reconciler:
             contenders=len(contenders),
         )
         return match
+
+    def _candidates(
+        self, intent: UploadIntent, uploads: list[dict[str, object]], known: set[str]
+    ) -> list[tuple[datetime, str]]:
+        """Uploads that may be the intent's: not credited to another intent, of its size, made
+        the way ours are, applied, and listed within its reach."""
+        since, until = intent.started_at - SKEW, intent.started_at + self._reach
+        candidates: list[tuple[datetime, str]] = []
+        for upload in uploads:
+            uploading_id = str(upload.get("uploading_id", ""))
+            when = parse_uploading_time(str(upload.get("datetime", "")), self._zone)
+            if (
+                not uploading_id
+                or uploading_id in known
+                or when is None
+                or upload.get("elements_count") != intent.records
+                or upload.get("api_validation_status", "PASSED") != "PASSED"
+                or not made_like_ours(upload, intent.endpoint)
+                or not since <= when <= until
+            ):
+                continue
+            candidates.append((when, uploading_id))
+        return candidates
 
     async def _listed(self, since: datetime, until: datetime) -> list[dict[str, object]]:
         """Uploads listed strictly before ``until`` back to ``since`` (or ``MAX_PAGES``)."""

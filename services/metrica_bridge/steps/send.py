@@ -248,6 +248,27 @@ class Sender:
         await asyncio.to_thread(self._store.finish_upload, intent_id, uploading_id)
 
     # -- isolating refused records -------------------------------------------------------------
+    async def _probe(
+        self,
+        endpoint: Endpoint,
+        probe: Pending,
+        why: PermanentError,
+        failure: PermanentError,
+        paced: bool,
+    ) -> bool:
+        """Every part so far was refused alike: is it that record, or everything? One record
+        not yet tried, alone: True when Metrica accepts it; refused alike, a setup problem."""
+        again = await self._try(endpoint, [probe], paced)
+        if again is not None and signature(again) == signature(failure) == signature(why):
+            raise SetupHold(
+                f"Metrica refuses every part of an upload the same way: {failure}",
+                signature(failure),
+            )
+        if again is None:
+            return True
+        _reject(probe, again)
+        return False
+
     async def _isolate(
         self, endpoint: Endpoint, batch: list[Pending], failure: PermanentError, *, paced: bool
     ) -> None:
@@ -268,19 +289,8 @@ class Sender:
                         alike,
                     )
                 if setup_test and not accepted and not probed and not named and pool:
-                    # Every part so far refused alike: is it this record, or everything?
-                    probed, probe = True, pool.pop(0)
-                    spent += 1
-                    again = await self._try(endpoint, [probe], paced)
-                    if again is not None and signature(again) == alike == signature(why):
-                        raise SetupHold(
-                            f"Metrica refuses every part of an upload the same way: {failure}",
-                            alike,
-                        )
-                    if again is None:
-                        accepted = True
-                    else:
-                        _reject(probe, again)
+                    probed, spent = True, spent + 1
+                    accepted = await self._probe(endpoint, pool.pop(0), why, failure, paced)
                 for pending in culprits:
                     _reject(pending, why)
                 pool = [p for p in suspects if p not in culprits] + pool
