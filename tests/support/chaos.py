@@ -67,6 +67,9 @@ class Profile:
     # Uploads Metrica applies and then answers with a 503 (the answer lost): the sender retries
     # them, and a process killed meanwhile leaves an open intent for the reconciler.
     apply_then_fail_rate: float = 0.0
+    # Every request takes this long in the sandbox (then is applied): a kill meanwhile leaves
+    # an upload that lands with nobody to record it.
+    latency_ms: float = 0.0
     # The reconciler's verdicts are read from the instances' INFO lines (the reconciler phase).
     log_level: str = "WARNING"
 
@@ -89,17 +92,18 @@ SHORT = Profile(
 )
 
 # The reconciler phase (issue 16, item 9): the retry budget (75 s) is longer than the old fixed
-# 60 s known-upload window, uploads are applied and then answered with a 503, and instances are
-# SIGKILLed while their uploads are unanswered; every crashed run's intent must be credited to
-# its own upload or sent again, never to another's. No outage: nothing exhausts its retries.
+# 60 s known-upload window, uploads are applied and then answered with a 503, every request
+# takes 1.5 s, and instances are SIGKILLed while their uploads are unanswered; every crashed
+# run's intent must be credited to its own upload or sent again, never to another's. No outage:
+# nothing exhausts its retries.
 RECONCILE = Profile(
     name="reconcile",
-    events=1_200,
+    events=1_800,
     partitions=3,
     instances=2,
-    fault_s=45,
-    produce_s=30,
-    actions={"join": 1, "leave": 1, "kill": 6, "burst": 0},
+    fault_s=60,
+    produce_s=45,
+    actions={"join": 1, "leave": 1, "kill": 10, "burst": 0},
     outage_at_s=0,
     outage_s=0,
     retry_budget_s=75,
@@ -110,6 +114,7 @@ RECONCILE = Profile(
     seed=11,
     error_rate=0.05,
     apply_then_fail_rate=0.25,
+    latency_ms=1_500,
     log_level="INFO",
 )
 
@@ -333,8 +338,11 @@ def run_scenario(
                 error_rate=profile.error_rate,
                 error_status=503,
                 apply_then_fail_rate=profile.apply_then_fail_rate,
+                latency_ms=profile.latency_ms,
             )
             fleet.note("faults", f"{profile.error_rate:.0%} of requests answer 503")
+            if profile.latency_ms:
+                fleet.note("faults", f"every request takes {profile.latency_ms / 1000:.1f}s")
             if profile.apply_then_fail_rate:
                 fleet.note(
                     "faults",
@@ -354,6 +362,7 @@ def run_scenario(
                 outage_seconds=0,
                 quota_burst={"count": 0},
                 apply_then_fail_rate=0.0,
+                latency_ms=0.0,
             )
             fleet.note("faults", "off")
             for name in names.values():
