@@ -176,3 +176,24 @@ async def test_a_live_rival_that_resolves_frees_the_match(
         reconciler.applied(store.inflight(["e-mine"])["e-mine"]), rival_answers()
     )
     assert found == mine
+
+
+async def test_an_upload_a_live_runs_unclear_attempt_left_behind_is_never_credited(
+    store: Store, client: MetricaClient
+) -> None:
+    """Found by the chaos reconciler phase: a live process's upload was applied and answered
+    503, sent again and acknowledged under a second id; the first id, recorded by nobody, was
+    credited to a crashed run's intent of the same size, whose own upload never arrived. An
+    intent in doubt stays a claimant of the uploads in its reach even once resolved."""
+    started = datetime.now(UTC) - timedelta(milliseconds=200)
+    store.begin_upload(_intent("live", "alive", 2, started), ["e-live"])
+    store.begin_upload(_intent("dead", "dead", 2, started), ["e-dead"])
+    await _contacts(client, 2)  # the live run's first attempt: applied, its answer lost
+    store.doubt_upload("live")
+    again = await _contacts(client, 2)
+    store.finish_upload("live", again)
+    reconciler = Reconciler(store, client, ZoneInfo("Europe/Moscow"))
+    assert await reconciler.applied(store.inflight(["e-dead"])["e-dead"]) is None
+    # The live run's credit stands.
+    live = store.inflight(["e-live"])["e-live"]
+    assert (live.resolved, live.uploading_id, live.in_doubt) == (True, again, True)

@@ -4,6 +4,7 @@ sent again). The bookkeeping is retried in place, then the batch is settled."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -97,3 +98,16 @@ async def test_an_order_upload_is_recorded_under_each_order_too(
     intents = store.inflight(["s1", order_intent_key("D1")])
     assert intents["s1"] == intents[order_intent_key("D1")]
     assert intents["s1"].endpoint == "orders"
+
+
+async def test_an_attempt_answered_503_after_it_applied_leaves_the_intent_in_doubt(
+    sandbox: SandboxServer, client: MetricaClient, store: Store
+) -> None:
+    sandbox.set_faults(apply_then_fail_rate=1.0)
+    batch = _contacts(1)
+    with contextlib.suppress(Exception):
+        await Sender(client, store, "test-owner")(Endpoint.CONTACTS, batch)
+    sandbox.set_faults(apply_then_fail_rate=0.0)
+    [intent] = store.inflight(["e0"]).values()
+    assert intent.in_doubt
+    assert len(sandbox.uploads(COUNTER)) >= 2  # applied every time, answered 503

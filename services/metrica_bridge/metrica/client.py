@@ -181,15 +181,22 @@ class MetricaClient:
         *,
         paced: bool = False,
         before_send: BeforeSend | None = None,
+        on_unclear: BeforeSend | None = None,
     ) -> UploadResult:
         """Upload records already encoded as JSON objects (the batcher encodes each once, to
-        know its size); the body is those bytes joined, not a second encoding. ``paced`` and
-        ``before_send``: see :meth:`_call`."""
+        know its size); the body is those bytes joined, not a second encoding. ``paced``,
+        ``before_send`` and ``on_unclear``: see :meth:`_call`."""
         if not encoded:
             raise ValueError("nothing to upload")
         content = b'{"%s":[%s]}' % (entity.encode(), b",".join(encoded))
         return await self._post_upload(
-            entity, content, len(encoded), merge_mode, paced=paced, before_send=before_send
+            entity,
+            content,
+            len(encoded),
+            merge_mode,
+            paced=paced,
+            before_send=before_send,
+            on_unclear=on_unclear,
         )
 
     async def get_order_statuses(self) -> list[dict[str, Any]]:
@@ -274,6 +281,7 @@ class MetricaClient:
         *,
         paced: bool = False,
         before_send: BeforeSend | None = None,
+        on_unclear: BeforeSend | None = None,
     ) -> UploadResult:
         if mode not in MERGE_MODES:
             raise ValueError(f"merge_mode must be one of {', '.join(MERGE_MODES)}")
@@ -287,6 +295,7 @@ class MetricaClient:
             resend_safe=mode in IDEMPOTENT_MODES,
             paced=paced,
             before_send=before_send,
+            on_unclear=on_unclear,
         )
         assert outcome.upload is not None  # classify() guarantees it for uploads
         return outcome.upload
@@ -328,11 +337,13 @@ class MetricaClient:
         resend_safe: bool,
         paced: bool = False,
         before_send: BeforeSend | None = None,
+        on_unclear: BeforeSend | None = None,
     ) -> Success:
         """One request, retried while its failures allow. ``paced``: its first attempt waits
         for the pace (uploads); retries draw on the reserve. ``before_send`` runs once the
         first attempt is admitted, and again after a daily-quota refusal (which proves nothing
-        was applied), right before the request leaves."""
+        was applied), right before the request leaves. ``on_unclear`` runs after an attempt
+        whose answer was unclear (a 5xx or a timeout once sent): it may have been applied."""
         if body is not None:
             content = dumps(body)
         started = time.monotonic()
@@ -369,6 +380,8 @@ class MetricaClient:
                 fresh = True
                 continue
             attempt += 1
+            if isinstance(outcome, TransientError) and outcome.unclear and on_unclear is not None:
+                await on_unclear()
             if isinstance(outcome, TransientError) and outcome.unclear and not resend_safe:
                 raise UnclearOutcome(
                     f"{outcome.message}; not re-sent: merge mode APPEND is not idempotent",

@@ -138,7 +138,7 @@ class Reconciler:
             still_open = await asyncio.to_thread(
                 self._store.open_intents, since - self._reach, until + SKEW
             )
-            if all(other.intent_id != intent.intent_id for other in still_open):
+            if all(o.intent_id != intent.intent_id or o.resolved for o in still_open):
                 # Resolved since it was read (another process settled it; a known upload
                 # stays known): not ours to credit now, send again.
                 return None
@@ -152,7 +152,8 @@ class Reconciler:
             contenders = [
                 c for c in claimants if any(self._reaches(c, when) for when, _ in candidates)
             ]
-            waiting = any(c.owner != intent.owner for c in contenders)
+            # A resolved claimant (in doubt) will not change: only open ones are waited for.
+            waiting = any(c.owner != intent.owner and not c.resolved for c in contenders)
             if not waiting or datetime.now(UTC) >= deadline:
                 break
             await asyncio.sleep(2.0)  # a live process resolves its intent; its upload is known
@@ -160,6 +161,8 @@ class Reconciler:
         match = candidates[0][1] if len(candidates) == 1 and not contenders else None
         await asyncio.to_thread(self._store.finish_upload, intent.intent_id, match)
         for contender in contenders:  # they could all own it: none of them is credited later
+            if contender.resolved:
+                continue  # in doubt, settled already: what it was credited stays
             await asyncio.to_thread(self._store.finish_upload, contender.intent_id, None)
             self._verdicts[contender.intent_id] = None
         log.info(

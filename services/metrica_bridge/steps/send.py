@@ -199,9 +199,21 @@ class Sender:
             await asyncio.to_thread(self._store.begin_upload, intent, events)
             intents.append(intent.intent_id)
 
+        async def on_unclear() -> None:
+            # This attempt may have been applied under an id nobody will record: the intent
+            # stays a claimant of uploads in its reach even once resolved (steps/reconcile.py).
+            try:
+                await asyncio.to_thread(self._store.doubt_upload, intents[-1])
+            except StoreError as exc:
+                log.warning("marking an upload in doubt failed", error=str(exc))
+
         try:
             result = await self._client.upload_encoded(
-                endpoint.value, [p.encoded for p in records], paced=paced, before_send=before_send
+                endpoint.value,
+                [p.encoded for p in records],
+                paced=paced,
+                before_send=before_send,
+                on_unclear=on_unclear,
             )
         except MetricaError as exc:
             # Refused, or given up: either way Metrica holds none of it.

@@ -136,6 +136,9 @@ class UploadIntent:
     started_at: datetime
     resolved: bool = False
     uploading_id: str | None = None  # Metrica's id when it is known to have been applied
+    # An attempt got an unclear answer and was sent again: it may also have been applied, under
+    # an id nobody recorded (the reconciler counts the intent as a claimant, resolved or not).
+    in_doubt: bool = False
 
 
 @dataclass(slots=True)
@@ -303,6 +306,10 @@ class Store(Protocol):
         """Resolve: applied as ``uploading_id``, or known not applied (None)."""
         ...
 
+    def doubt_upload(self, intent_id: str) -> None:
+        """An attempt of this upload got an unclear answer (it may have been applied)."""
+        ...
+
     def inflight(self, event_ids: Iterable[str]) -> dict[str, UploadIntent]:
         """The latest intent that carried each of these events, when it has one."""
         ...
@@ -312,7 +319,8 @@ class Store(Protocol):
         ...
 
     def open_intents(self, since: datetime, until: datetime) -> list[UploadIntent]:
-        """Unresolved intents (any owner) started in ``[since, until]``."""
+        """Intents (any owner) started in ``[since, until]`` that may own an upload nobody
+        recorded: unresolved ones, and resolved ones in doubt."""
         ...
 
     # the unit of work

@@ -442,6 +442,12 @@ class PostgresStore:
                 (uploading_id, intent_id),
             )
 
+    def doubt_upload(self, intent_id: str) -> None:
+        with self._conn("doubt_upload") as conn:
+            conn.execute(
+                "UPDATE upload_intents SET in_doubt = TRUE WHERE intent_id = %s", (intent_id,)
+            )
+
     def inflight(self, event_ids: Iterable[str]) -> dict[str, UploadIntent]:
         keys = unique(event_ids)
         if not keys:
@@ -467,8 +473,8 @@ class PostgresStore:
     def open_intents(self, since: datetime, until: datetime) -> list[UploadIntent]:
         with self._conn("open_intents") as conn:
             rows = conn.execute(
-                f"SELECT {INTENT_BEGUN_COLUMNS} FROM upload_intents"
-                " WHERE NOT resolved AND started_at BETWEEN %s AND %s ORDER BY started_at",
+                f"SELECT {listed(INTENT)} FROM upload_intents"
+                " WHERE (NOT resolved OR in_doubt) AND started_at BETWEEN %s AND %s ORDER BY started_at",
                 (utc(since), utc(until)),
             ).fetchall()
         return [upload_intent(row, _CONVERT) for row in rows]

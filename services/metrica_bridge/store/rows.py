@@ -98,7 +98,7 @@ PARKED = (
 )
 # An intent as begun; resolving it sets the last two.
 INTENT_BEGUN = ("intent_id", "owner", "endpoint", "records", "started_at")
-INTENT = (*INTENT_BEGUN, "resolved", "uploading_id")
+INTENT = (*INTENT_BEGUN, "resolved", "uploading_id", "in_doubt")
 
 LEDGER_COLUMNS = listed(LEDGER)
 IDENTITY_COLUMNS = listed(IDENTITY)
@@ -246,11 +246,13 @@ def parked_values(event: ParkedEvent, conv: Converter) -> tuple[Any, ...]:
 
 def upload_intent(row: Row, conv: Converter) -> UploadIntent:
     """From ``INTENT``, or ``INTENT_BEGUN`` (an intent read as open: not resolved, no id)."""
-    resolved, uploading_id = (
-        (bool(row[5]), row[6]) if len(row) > len(INTENT_BEGUN) else (False, None)
+    resolved, uploading_id, in_doubt = (
+        (bool(row[5]), row[6], bool(row[7]))
+        if len(row) > len(INTENT_BEGUN)
+        else (False, None, False)
     )
     return UploadIntent(
-        row[0], row[1], row[2], row[3], conv.read_time(row[4]), resolved, uploading_id
+        row[0], row[1], row[2], row[3], conv.read_time(row[4]), resolved, uploading_id, in_doubt
     )
 
 

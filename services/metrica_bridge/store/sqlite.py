@@ -486,6 +486,10 @@ class SqliteStore:
                 (uploading_id, intent_id),
             )
 
+    def doubt_upload(self, intent_id: str) -> None:
+        with self._write("doubt_upload") as conn:
+            conn.execute("UPDATE upload_intents SET in_doubt = 1 WHERE intent_id = ?", (intent_id,))
+
     def inflight(self, event_ids: Iterable[str]) -> dict[str, UploadIntent]:
         keys = unique(event_ids)
         if not keys:
@@ -511,8 +515,8 @@ class SqliteStore:
     def open_intents(self, since: datetime, until: datetime) -> list[UploadIntent]:
         with self._read("open_intents") as conn:
             rows = conn.execute(
-                f"SELECT {INTENT_BEGUN_COLUMNS} FROM upload_intents"
-                " WHERE resolved = 0 AND started_at BETWEEN ? AND ? ORDER BY started_at",
+                f"SELECT {listed(INTENT)} FROM upload_intents"
+                " WHERE (resolved = 0 OR in_doubt = 1) AND started_at BETWEEN ? AND ? ORDER BY started_at",
                 (to_us(since), to_us(until)),
             ).fetchall()
         return [upload_intent(row, _CONVERT) for row in rows]
