@@ -606,7 +606,9 @@ def _sections(
             ["records per order upload", _per_upload(run.uploads, "orders")],
             [
                 "in-flight uploads of crashed runs reconciled",
-                _verdicts(run.reconciled),
+                _verdicts(run.reconciled)
+                if run.profile.log_level == "INFO"
+                else "not counted (instances log at WARNING; the reconciler phase counts them)",
             ],
             [
                 "uploads applied, answer lost (503)",

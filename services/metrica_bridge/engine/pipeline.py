@@ -106,7 +106,10 @@ class Pipeline:
         self.kinds = {topic: kind for kind, topic in topics.items()}
         self.owner = owner or f"mb-{uuid.uuid4().hex[:12]}"
         self.concurrency = concurrency
-        self.alignment = alignment or Alignment((), margin_s=0, max_hold_s=0)
+        # Not `alignment or ...`: an Alignment holding nothing is falsy (it has a length).
+        self.alignment = (
+            alignment if alignment is not None else Alignment((), margin_s=0, max_hold_s=0)
+        )
         batcher = Batcher(
             send,
             on_settled=lambda endpoint, batch: self.uploads.settled(endpoint, batch),
