@@ -8,7 +8,7 @@ identities and claiming its orders (:mod:`~metrica_bridge.engine.round_read`), d
 event without I/O (:mod:`~metrica_bridge.engine.decide`) and acts on the verdict: the contact and
 the order go to Metrica (:mod:`~metrica_bridge.engine.uploads`), an event waits in the park, or
 goes to the DLQ (:mod:`~metrica_bridge.steps.dlq`). Finished events are recorded together in ONE
-store transaction (:mod:`~metrica_bridge.steps.record`), and only then are their offsets
+store transaction (:mod:`~metrica_bridge.engine.recording`), and only then are their offsets
 completed and their lanes moved on.
 
 Every event ends with exactly one recorded outcome (delivered, skipped, stale, duplicate,
