@@ -121,7 +121,6 @@ def expect(messages: list[SimulatedMessage]) -> Expectation:
     identified: set[str] = set()
     poison: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     event_ids: set[str] = set()
-    consents: dict[str, set[bool]] = defaultdict(set)
     contacts: dict[str, Identifiers] = defaultdict(Identifiers)
     for m in messages:
         if m.fate in (Fate.DECODE_ERROR, Fate.INVALID_EVENT):
@@ -132,7 +131,6 @@ def expect(messages: list[SimulatedMessage]) -> Expectation:
         event_ids.add(m.event_id)
         f = m.facts
         if m.kind == "LeadCreated":
-            consents[f["client"]].add(bool(f.get("consent", True)))
             _learn(contacts[f["client"]], f)
             if _identified(dict(f)):
                 identified.add(f["client"])
@@ -155,7 +153,7 @@ def expect(messages: list[SimulatedMessage]) -> Expectation:
                 deal.payments.append((f["payment_id"], Decimal(f["amount"]), m.event_id))
         deal.client = f["client"]
         deal.event_ids.add(m.event_id)
-    uncertain = {client for client, values in consents.items() if len(values) > 1}
+    uncertain = {client for client, told in contacts.items() if len(told.consents) > 1}
     return Expectation(dict(deals), identified, uncertain, poison, event_ids, dict(contacts))
 
 

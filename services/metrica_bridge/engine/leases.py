@@ -21,6 +21,8 @@ log = get_logger("metrica_bridge.engine.leases")
 CLAIM_LEASE_S = 30.0  # an order claim; a crashed owner's lapses after this
 PARK_LEASE_S = 30.0  # a parked event taken by a sweep, while it is handled
 RENEW_EVERY_S = 5.0  # well inside both leases: five missed heartbeats before one lapses
+# Between looks at an order another worker holds (and after losing a claim): short, then longer.
+CLAIM_WAIT_S = (0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0)
 
 
 class ClaimsToRelease:

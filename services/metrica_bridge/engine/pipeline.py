@@ -33,7 +33,7 @@ from metrica_bridge.engine import decide as verdicts
 from metrica_bridge.engine.align import Alignment
 from metrica_bridge.engine.contacts import Contacts
 from metrica_bridge.engine.lanes import Lanes
-from metrica_bridge.engine.leases import CLAIM_LEASE_S
+from metrica_bridge.engine.leases import CLAIM_LEASE_S, CLAIM_WAIT_S
 from metrica_bridge.engine.offsets import TopicPartition
 from metrica_bridge.engine.recording import Recording
 from metrica_bridge.engine.round_read import RoundState, merge_identities_and_claim
@@ -67,7 +67,6 @@ RETRY_INFRA_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 # A record whose own handling raised this many times (the same bytes, the same code: it will
 # raise again) ends as invalid_event instead of being retried forever (DESIGN.md §5).
 MAX_RECORD_FAILURES = 5
-CLAIM_WAIT_S = (0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0)
 UNSETTLED_WAIT_S = 1.0  # between looks at a crashed run's unsettled upload of the order
 
 
@@ -269,7 +268,9 @@ class Pipeline:
         self.lanes.wake(now)
         if self._dead:
             dead, self._dead = self._dead, []
-            self.spawn(self.dead_letters.send_all(dead, self._dead_lettered, _count_failure))
+            self.spawn(
+                self.dead_letters.send_all(dead, self._dead_lettered, _count_failure, RETRY_INFRA_S)
+            )
         if self.recording:
             await self.recording.record()
         room = self.concurrency - len(self._active)
@@ -325,7 +326,7 @@ class Pipeline:
                 retry_in_s=delay,
             )
             for work in ready:
-                self._retry(work, exc, quiet=True)
+                self.retry(work, exc, quiet=True)
             return
         now = datetime.now(UTC)
         for work in ready:
@@ -354,7 +355,7 @@ class Pipeline:
                 try:
                     parsed = parse(self.codec, self.kinds, work.source)
                 except SchemaUnavailable as exc:
-                    self._retry(work, exc)
+                    self.retry(work, exc)
                     continue
                 except Exception as exc:  # this record's fault, or a bug: it alone waits
                     self._fail(work, exc)
@@ -450,10 +451,7 @@ class Pipeline:
         reason = f"handling failed {work.failures} times: {type(error).__name__}"
         self.dead_letter(work, ErrorClass.INVALID_EVENT, reason)
 
-    def retry(self, work: Work, error: BaseException | None) -> None:
-        self._retry(work, error)
-
-    def _retry(self, work: Work, error: BaseException | None, *, quiet: bool = False) -> None:
+    def retry(self, work: Work, error: BaseException | None, *, quiet: bool = False) -> None:
         """An infrastructure failure: the event is not handled; try it again from the start."""
         delay = RETRY_INFRA_S[min(work.attempts, len(RETRY_INFRA_S) - 1)]
         work.attempts += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Protocol
 
-from metrica_bridge.engine.leases import ClaimsToRelease
+from metrica_bridge.engine.leases import CLAIM_WAIT_S, ClaimsToRelease
 from metrica_bridge.engine.work import Work
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrics import END_TO_END_LATENCY
@@ -21,8 +21,6 @@ from metrica_bridge.steps.persist import Recorder, changes_of
 from metrica_bridge.store.base import Changes, ClaimLost, LedgerEntry, StoreError
 
 log = get_logger("metrica_bridge.engine.recording")
-
-CLAIM_LOST_WAIT_S = 0.02  # a work whose claim was lost decides again this soon
 
 
 class Scheduler(Protocol):
@@ -132,7 +130,7 @@ class Recording:
         state): nothing of it was written; it decides again, from what the store holds now."""
         log.warning("order claim lost before recording; deciding again", **work.log_fields())
         work.claim = work.epoch = None  # not ours: nothing to release
-        self._scheduler.back(work, CLAIM_LOST_WAIT_S)
+        self._scheduler.back(work, CLAIM_WAIT_S[0])
 
     def _refused(self, work: Work, error: StoreError) -> bool:
         """The store refuses what this work would write, on its own (a value it cannot hold):

@@ -33,7 +33,6 @@ MAX_MESSAGE = 500
 MAX_RECORD_BYTES = 1_000_000
 MAX_STUB_KEY = 1_024
 MAX_COUNT_DIGITS = 9  # a header count beyond 999,999,999 is not a count
-RETRY_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # between produce attempts of records the broker refused
 
 T = TypeVar("T")
 log = get_logger("metrica_bridge.steps.dlq")
@@ -156,13 +155,14 @@ class DeadLetters:
         self,
         items: Sequence[DeadLetter[T]],
         on_sent: Callable[[DeadLetter[T]], None],
-        on_failed: Callable[[DeadLetter[T]], None] = lambda _: None,
+        on_failed: Callable[[DeadLetter[T]], None],
+        delays: Sequence[float],
     ) -> None:
         """Produce every item, retrying the ones the broker refused until it has them all:
         an event is recorded dead-lettered only once its record is in the DLQ (a crash meanwhile
         redelivers the original). Nothing to drop and nowhere else to put it, so the partition
         holds (it commits nothing past it), ``on_failed`` counts the failure for the alert, and
-        the wait grows."""
+        the wait grows along ``delays``."""
         tries = 0
         while items:
             sent = await asyncio.gather(
@@ -179,7 +179,7 @@ class DeadLetters:
                 else:
                     on_sent(item)
             if failed:
-                delay = RETRY_S[min(tries, len(RETRY_S) - 1)]
+                delay = delays[min(tries, len(delays) - 1)]
                 tries += 1
                 log.error(
                     "dead-letter produce failed; retrying",
