@@ -20,6 +20,7 @@ from metrica_bridge import events, normalize, runtime
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import ConfigError, Settings, TimezoneMismatch
 from metrica_bridge.engine.align import Alignment
+from metrica_bridge.engine.intake import Intake
 from metrica_bridge.engine.leases import heartbeat
 from metrica_bridge.engine.parking import ParkSweeper
 from metrica_bridge.engine.pipeline import Batching, Pipeline
@@ -193,9 +194,18 @@ class Service:
             sender = Sender(
                 client, store, owner, limits=limits, on_setup_error=self._on_setup_error
             )
+            intake = Intake(
+                codec,
+                s.topics(),
+                Alignment(
+                    [s.topics()[kind] for kind in EventKind if kind in self.kinds],
+                    margin_s=_fetch_wait_s(s.kafka_common()) + 0.1,
+                    max_hold_s=s.align_max_wait_s,
+                ),
+            )
             pipeline = Pipeline(
+                intake=intake,
                 store=store,
-                codec=codec,
                 statuses=statuses,
                 send=sender,
                 batching=Batching(
@@ -207,7 +217,6 @@ class Service:
                 ),
                 dead_letters=DeadLetters(producer),
                 timezone=timezone,
-                topics=s.topics(),
                 hash_identifiers=s.hash_identifiers,
                 owner=owner,
                 reconciler=Reconciler(
@@ -218,11 +227,6 @@ class Service:
                     timeout_s=s.metrica_timeout_s,
                 ),
                 concurrency=s.worker_concurrency,
-                alignment=Alignment(
-                    [s.topics()[kind] for kind in EventKind if kind in self.kinds],
-                    margin_s=_fetch_wait_s(s.kafka_common()) + 0.1,
-                    max_hold_s=s.align_max_wait_s,
-                ),
             )
             pipeline.start()
             stack.push_async_callback(pipeline.close)
@@ -238,20 +242,26 @@ class Service:
             for kind in self.kinds:
                 topic = s.topics()[kind]
                 runner = TopicRunner(
-                    topic, s.group_id(kind), for_consumer(s.kafka_common()), pipeline, s
+                    topic,
+                    s.group_id(kind),
+                    for_consumer(s.kafka_common()),
+                    intake,
+                    pipeline.flush_soon,
+                    s,
                 )
                 await runner.start()
                 self.runners[topic] = runner
             sweeper = ParkSweeper(
-                pipeline,
+                intake,
                 store,
                 list(self.runners),
+                owner=owner,
                 max_wait_s=s.park_max_wait_s,
                 creation_max_wait_s=s.creation_max_wait_s,
             )
             background += [
                 asyncio.create_task(sweeper.run(), name="park-sweeper"),
-                asyncio.create_task(heartbeat(store, pipeline.owner), name="lease-heartbeat"),
+                asyncio.create_task(heartbeat(store, owner), name="lease-heartbeat"),
                 asyncio.create_task(self._housekeeping(client), name="housekeeping"),
                 asyncio.create_task(_trim_malloc(), name="malloc-trim"),
             ]

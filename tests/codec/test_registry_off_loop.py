@@ -18,6 +18,7 @@ from starlette.responses import Response
 from metrica_bridge.codec import Codec, SchemaUnavailable, WireFormat
 from metrica_bridge.codec.registry import RegistryClient
 from metrica_bridge.codec.schemas import load_versions
+from metrica_bridge.engine.intake import Intake
 from metrica_bridge.engine.pipeline import Batching, Pipeline
 from metrica_bridge.engine.work import Work
 from metrica_bridge.events import EventKind, parse_event
@@ -63,14 +64,13 @@ async def _nothing(*_: Any, **__: Any) -> None:
 
 def _pipeline(store: Store, codec: Codec) -> Pipeline:
     return Pipeline(
+        intake=Intake(codec, {EventKind.LEAD_CREATED: TOPIC}),
         store=store,
-        codec=codec,
         statuses=parse_status_map(yaml.safe_load(STATUS_MAP)),
         send=_nothing,
         batching=Batching(max_records=100, max_bytes=1_000_000, linger_s=0.05),
         dead_letters=None,  # type: ignore[arg-type]  # nothing is dead-lettered here
         timezone="Europe/Moscow",
-        topics={EventKind.LEAD_CREATED: TOPIC},
         owner="test-owner",
     )
 

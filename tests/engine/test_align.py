@@ -5,20 +5,14 @@ with no partition here; until the upstream consumer has joined, everything downs
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
-import yaml
 
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import PROJECT_ROOT
 from metrica_bridge.engine.align import Alignment
-from metrica_bridge.engine.pipeline import Batching, Pipeline
+from metrica_bridge.engine.intake import Intake
 from metrica_bridge.engine.work import Work
 from metrica_bridge.events import EventKind
 from metrica_bridge.kafka.record import SourceRecord
-from metrica_bridge.metrica.status_map import parse_status_map
-from metrica_bridge.store import open_store
-from tests.support.stack import STATUS_MAP
 
 LEADS, DEALS, PAYMENTS = "leads", "deals", "payments"
 NOW_MS = int(time.time() * 1000)
@@ -125,30 +119,18 @@ def test_off_when_disabled_or_alone() -> None:
     assert not alone.hold(work(DEALS, 0, 1))
 
 
-async def test_the_pipeline_keeps_the_alignment_it_is_given_even_while_it_holds_nothing(
-    tmp_path: Path,
-) -> None:
+def test_the_intake_keeps_the_alignment_it_is_given_even_while_it_holds_nothing() -> None:
     """An Alignment holding nothing has length 0, so it is falsy: a ``given or default`` once
     swapped the service's alignment for an empty one at start-up and event-time alignment was
     off (found by ``make bench``: three times the parked events, ten times the stale ones)."""
-    alignment = Alignment(["leads", "deals"], margin_s=0.1, max_hold_s=5)
+    alignment = Alignment([LEADS, DEALS], margin_s=0.1, max_hold_s=30)
     assert not alignment  # the trap
-    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
-
-    async def send(endpoint: object, batch: object) -> None:
-        return None
-
-    pipeline = Pipeline(
-        store=store,
-        codec=Codec.from_dir(PROJECT_ROOT / "schemas"),
-        statuses=parse_status_map(yaml.safe_load(STATUS_MAP)),
-        send=send,  # type: ignore[arg-type]
-        batching=Batching(max_records=10, max_bytes=10_000, linger_s=0.1),
-        dead_letters=None,  # type: ignore[arg-type]
-        timezone="UTC",
-        topics={EventKind.LEAD_CREATED: "leads", EventKind.DEAL_STATUS_CHANGED: "deals"},
-        alignment=alignment,
-    )
-    assert pipeline.alignment is alignment
-    await pipeline.close()
-    store.close()
+    topics = {EventKind.LEAD_CREATED: LEADS, EventKind.DEAL_STATUS_CHANGED: DEALS}
+    intake = Intake(Codec.from_dir(PROJECT_ROOT / "schemas"), topics, alignment)
+    intake.assigned(LEADS, [(LEADS, 0)])
+    intake.assigned(DEALS, [(DEALS, 0)])
+    intake.consume([work(DEALS, 0, 100).source], lambda _: None)
+    assert intake.held(DEALS) == 1  # the lead partition has not been read yet
+    assert intake.take(10) == []
+    intake.consume([work(LEADS, 0, 200).source], lambda _: None)
+    assert [w.source.topic for w in intake.take(10)] == [LEADS, DEALS]

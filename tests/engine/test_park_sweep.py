@@ -110,14 +110,13 @@ def _sweeper(store: Any, codec: Any) -> tuple[ParkSweeper, list[str]]:
         parsed = parse(codec, kinds, parked_source(parked))
         return None if isinstance(parsed, tuple) else parsed
 
-    pipeline = SimpleNamespace(
-        owner="me",
+    intake = SimpleNamespace(
         resolve_parked=resolve_parked,
         parse_parked=parse_parked,
         release=lambda parked, *args, **kw: released.append(parked.event_id),
         released_in_progress=lambda: 0,
     )
-    sweeper = ParkSweeper(pipeline, store, [TOPIC], max_wait_s=365 * 86_400)  # type: ignore[arg-type]
+    sweeper = ParkSweeper(intake, store, [TOPIC], owner="me", max_wait_s=365 * 86_400)  # type: ignore[arg-type]
     return sweeper, released
 
 

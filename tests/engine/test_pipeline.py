@@ -26,7 +26,7 @@ from metrica_bridge.steps.batch import Endpoint, Pending, SendFn
 from metrica_bridge.store import open_store
 from metrica_bridge.store.base import Changes, IdentityUpdate, LedgerEntry, Store
 from tests.support import crm
-from tests.support.engine import CODEC, Engine, running_engine
+from tests.support.engine import CODEC, OWNER, Engine, running_engine
 from tests.support.kafka import TopicFactory, consume_all
 from tests.support.stack import COUNTER, TOKEN
 
@@ -188,7 +188,9 @@ async def test_a_payment_waits_in_the_park_for_the_deals_creation_time(
 ) -> None:
     """Issue 15, item 2: the payment's time is never the order's permanent creation time while
     the deal's own may still come."""
-    sweeper = ParkSweeper(engine.pipeline, engine.store, engine.topics.values(), max_wait_s=600)
+    sweeper = ParkSweeper(
+        engine.pipeline.intake, engine.store, engine.topics.values(), owner=OWNER, max_wait_s=600
+    )
     engine.feed("lead-created", "L1", _lead(1, None))  # the client is known; the deal is not
     engine.feed("payment-received", "D1", _payment(1, "D1"))
     await engine.settle(2)
@@ -219,7 +221,9 @@ async def test_a_later_payment_never_reaches_metrica_before_the_one_waiting_for_
     and Metrica showed the second payment alone as the deal's revenue; now the first payment
     takes the creation time the second one names, and they go in the deal's order."""
     created = T0 - timedelta(minutes=5)
-    sweeper = ParkSweeper(engine.pipeline, engine.store, engine.topics.values(), max_wait_s=600)
+    sweeper = ParkSweeper(
+        engine.pipeline.intake, engine.store, engine.topics.values(), owner=OWNER, max_wait_s=600
+    )
     engine.feed("lead-created", "L1", _lead(1, None))
     engine.feed("payment-received", "D1", _payment(1, "D1", amount="100.00"))
     engine.feed("payment-received", "D1", _payment(2, "D1", amount="250.00", created=created))
@@ -242,7 +246,12 @@ async def test_a_payment_that_waited_its_whole_time_creates_the_order_by_rule(
         "metrica_bridge_order_rules_total", {"rule": "created_at_from_payment"}
     )
     sweeper = ParkSweeper(
-        engine.pipeline, engine.store, engine.topics.values(), max_wait_s=600, creation_max_wait_s=0
+        engine.pipeline.intake,
+        engine.store,
+        engine.topics.values(),
+        owner=OWNER,
+        max_wait_s=600,
+        creation_max_wait_s=0,
     )
     engine.feed("lead-created", "L1", _lead(1, None))
     engine.feed("payment-received", "D1", _payment(1, "D1"))

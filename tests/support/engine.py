@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from metrica_bridge.codec import Codec
 from metrica_bridge.config import PROJECT_ROOT
+from metrica_bridge.engine.intake import Intake
 from metrica_bridge.engine.pipeline import Batching, Pipeline
 from metrica_bridge.engine.work import Work
 from metrica_bridge.events import EventKind
@@ -63,7 +64,7 @@ class Engine:
         self.offsets[topic] = offset + 1
         raw = key.encode() if isinstance(key, str) else key
         record = SourceRecord(topic, 0, offset, raw, value, headers, ts_ms)
-        self.pipeline.consume([record], self.done.append)
+        self.pipeline.intake.consume([record], self.done.append)
         return topic, offset
 
     async def settle(self, count: int, within_s: float = 30) -> None:
@@ -120,14 +121,13 @@ async def running_engine(
     producer = Producer({"bootstrap.servers": bootstrap})
     send: SendFn = Sender(client, real, OWNER)
     pipeline = Pipeline(
+        intake=Intake(CODEC, {EventKind(k): v for k, v in names.items()}),
         store=store,
-        codec=CODEC,
         statuses=parse_status_map(yaml.safe_load(STATUS_MAP)),
         send=send if wrap_send is None else wrap_send(send, real),
         batching=Batching(max_records=100, max_bytes=1_000_000, linger_s=linger_s),
         dead_letters=DeadLetters(producer),
         timezone="Europe/Moscow",
-        topics={EventKind(k): v for k, v in names.items()},
         owner=OWNER,
     )
     pipeline.start()

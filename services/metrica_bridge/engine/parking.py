@@ -15,8 +15,8 @@ import contextlib
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
+from metrica_bridge.engine.intake import Intake
 from metrica_bridge.engine.leases import PARK_LEASE_S, unlease
-from metrica_bridge.engine.pipeline import Pipeline
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrics import EVENTS_RELEASED, PARKED
 from metrica_bridge.store.base import WAITS_CREATION, Identity, ParkedEvent, Store
@@ -27,16 +27,18 @@ log = get_logger("metrica_bridge.engine.parking")
 class ParkSweeper:
     def __init__(
         self,
-        pipeline: Pipeline,
+        intake: Intake,
         store: Store,
         topics: Collection[str],
         *,
+        owner: str,
         max_wait_s: float,
         creation_max_wait_s: float | None = None,
         interval_s: float = 2.0,
         batch: int = 1_000,
     ) -> None:
-        self._pipeline = pipeline
+        self._intake = intake
+        self._owner = owner
         self._store = store
         self._topics = list(topics)
         self._max_wait = timedelta(seconds=max_wait_s)
@@ -62,8 +64,7 @@ class ParkSweeper:
             # (nor outlive their lease and get taken twice).
             waited = 0.0
             while (
-                waited < self._interval_s
-                and self._pipeline.released_in_progress() > self._batch // 2
+                waited < self._interval_s and self._intake.released_in_progress() > self._batch // 2
             ):
                 await asyncio.sleep(0.05)
                 waited += 0.05
@@ -76,7 +77,7 @@ class ParkSweeper:
         taken = await asyncio.to_thread(
             store.take_ready_parked,
             self._topics,
-            self._pipeline.owner,
+            self._owner,
             PARK_LEASE_S,
             expired_before,
             self._batch,
@@ -92,7 +93,7 @@ class ParkSweeper:
             identities = await asyncio.to_thread(
                 store.identities, {p.client_uniq_id for p in taken}
             )
-            await self._pipeline.resolve_parked(taken)
+            await self._intake.resolve_parked(taken)
         except Exception:
             with contextlib.suppress(Exception):  # else they lapse with the lease
                 await self._unlease(taken)
@@ -138,19 +139,19 @@ class ParkSweeper:
             # may have been withdrawn since) and puts it back in the park if it must wait.
             # A payment waiting for its deal's creation time is taken when the order has one,
             # or when it waited its whole time: then the order is created at its time.
-            event = self._pipeline.parse_parked(parked)
+            event = self._intake.parse_parked(parked)
             waited_all = (
                 parked.waits_for == WAITS_CREATION and parked.parked_at < creation_expired_before
             )
-            self._pipeline.release(parked, event, None, creation_waited=waited_all)
+            self._intake.release(parked, event, None, creation_waited=waited_all)
             if event is not None:
                 EVENTS_RELEASED.labels(topic=parked.topic).inc()
                 return True
         else:
             waited = int((now - parked.parked_at).total_seconds())
-            self._pipeline.release(
+            self._intake.release(
                 parked,
-                self._pipeline.parse_parked(parked),
+                self._intake.parse_parked(parked),
                 f"no ClientID, phone or email for the client after {waited}s",
             )
         return False

@@ -1,8 +1,8 @@
 """The engine: consumed records go through the steps in rounds, thousands at a time.
 
-This module schedules; each step lives in its own module. A round takes every lane head that is
-free to start (one per deal, :mod:`~metrica_bridge.engine.lanes`), parses them
-(:mod:`~metrica_bridge.steps.parse`), asks the dedupe cache (:mod:`~metrica_bridge.steps.dedupe`),
+This module schedules; each step lives in its own module. Records wait in the intake
+(:mod:`~metrica_bridge.engine.intake`: one lane per deal or lead). A round takes every lane head
+that is free to start, parses them (:mod:`~metrica_bridge.steps.parse`), asks the dedupe cache (:mod:`~metrica_bridge.steps.dedupe`),
 reads what the round needs from the store in one worker-thread hop, merging the round's
 identities and claiming its orders (:mod:`~metrica_bridge.engine.round_read`), decides each
 event without I/O (:mod:`~metrica_bridge.engine.decide`) and acts on the verdict: the contact and
@@ -19,45 +19,31 @@ become outcomes: the event goes back to its lane and is tried again, its offset 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from metrica_bridge.codec import Codec, SchemaUnavailable
 from metrica_bridge.engine import decide as verdicts
-from metrica_bridge.engine.align import Alignment
 from metrica_bridge.engine.contacts import Contacts
-from metrica_bridge.engine.lanes import Lanes
+from metrica_bridge.engine.intake import Intake
 from metrica_bridge.engine.leases import CLAIM_LEASE_S, CLAIM_WAIT_S
-from metrica_bridge.engine.offsets import TopicPartition
 from metrica_bridge.engine.recording import Recording
 from metrica_bridge.engine.round_read import RoundState, merge_identities_and_claim
 from metrica_bridge.engine.uploads import Uploads
-from metrica_bridge.engine.work import Done, Work, parked_source
-from metrica_bridge.events import Event, EventKind
-from metrica_bridge.kafka.record import SourceRecord
+from metrica_bridge.engine.work import Work
 from metrica_bridge.logs import get_logger
 from metrica_bridge.metrica.status_map import StatusMap
-from metrica_bridge.metrics import (
-    DLQ_FAILURES,
-)
+from metrica_bridge.metrics import DLQ_FAILURES
 from metrica_bridge.outcomes import ErrorClass, Outcome
 from metrica_bridge.steps.batch import Batcher, RequestLimits, SendFn
 from metrica_bridge.steps.dedupe import Dedupe
 from metrica_bridge.steps.dlq import DeadLetter, DeadLetters, is_replay
-from metrica_bridge.steps.parse import parse, resolve_schemas
 from metrica_bridge.steps.persist import Recorder
 from metrica_bridge.steps.reconcile import Reconciler
-from metrica_bridge.store.base import (
-    WAITS_IDENTITY,
-    ParkedEvent,
-    Store,
-)
+from metrica_bridge.store.base import WAITS_IDENTITY, Store
 
 log = get_logger("metrica_bridge.engine.pipeline")
 
@@ -83,32 +69,25 @@ class Pipeline:
     def __init__(
         self,
         *,
+        intake: Intake,
         store: Store,
-        codec: Codec,
         statuses: StatusMap,
         send: SendFn,
         batching: Batching,
         dead_letters: DeadLetters,
         timezone: str,
-        topics: Mapping[EventKind, str],
         hash_identifiers: bool = False,
         owner: str | None = None,
         reconciler: Reconciler | None = None,
         concurrency: int = 10_000,
-        alignment: Alignment | None = None,
     ) -> None:
+        self.intake = intake
         self.store = store
-        self.codec = codec
         self.statuses = statuses
         self.dead_letters = dead_letters
         self.zone = ZoneInfo(timezone)
-        self.kinds = {topic: kind for kind, topic in topics.items()}
         self.owner = owner or f"mb-{uuid.uuid4().hex[:12]}"
         self.concurrency = concurrency
-        # Not `alignment or ...`: an Alignment holding nothing is falsy (it has a length).
-        self.alignment = (
-            alignment if alignment is not None else Alignment((), margin_s=0, max_hold_s=0)
-        )
         batcher = Batcher(
             send,
             on_settled=lambda endpoint, batch: self.uploads.settled(endpoint, batch),
@@ -127,14 +106,10 @@ class Pipeline:
         )
         self.dedupe = Dedupe(store)
         self.recording = Recording(
-            Recorder(store), self.dedupe, self.owner, list(topics.values()), self
+            Recorder(store), self.dedupe, self.owner, list(intake.kinds), self
         )
-        self.lanes: Lanes[Work] = Lanes()
-        self._active: set[Work] = set()  # started, not yet recorded
         self._dead: list[DeadLetter[Work]] = []  # to be produced to the DLQ
         self._tasks: set[asyncio.Task[None]] = set()
-        self._released = 0  # released parked events queued or running
-        self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -149,90 +124,6 @@ class Pipeline:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.uploads.batcher.close()
 
-    # -- intake --------------------------------------------------------------------------------
-    def consume(self, records: Iterable[SourceRecord], on_done: Done) -> None:
-        """Records just consumed, in partition order. They are parsed when their turn comes:
-        until then a waiting record costs its bytes, not a validated model (ten times more)."""
-        now = time.monotonic()
-        alignment, kinds = self.alignment, self.kinds
-        for source in records:
-            work = Work(source, _lane(source, kinds), consumed_at=now, on_done=on_done)
-            if not alignment.hold(work):
-                self.lanes.push(work)
-        self._wake.set()
-
-    def release(
-        self,
-        parked: ParkedEvent,
-        event: Event | None,
-        expired: str | None,
-        *,
-        creation_waited: bool = False,
-    ) -> None:
-        """A parked event moves on: what it waited for arrived (``event`` parsed again), or it
-        waited too long (``expired`` says why; ``creation_waited``: it waited its whole time for
-        the deal's creation time, and the order is created by rule). Ordered behind live events
-        of its deal; not tracked, since its offset was committed when it was parked."""
-        work = Work(
-            parked_source(parked),
-            f"deal:{parked.deal_id}",
-            event,
-            released=True,
-            expired=expired,
-            parked_id=parked.event_id,
-            creation_waited=creation_waited,
-            deal_created_at=parked.deal_created_at,
-        )
-        if event is None and expired is None:
-            work.expired = "the parked record can no longer be read"
-        self._released += 1
-        self.lanes.push(work)
-        self._wake.set()
-
-    async def resolve_parked(self, parked: Iterable[ParkedEvent]) -> None:
-        """Ask the registry (off the loop) for schemas of parked records the codec lacks."""
-        await resolve_schemas(self.codec, (parked_source(p) for p in parked))
-
-    def parse_parked(self, parked: ParkedEvent) -> Event | None:
-        """The parked record read again (it was valid when it parked)."""
-        parsed = parse(self.codec, self.kinds, parked_source(parked))
-        return None if isinstance(parsed, tuple) else parsed
-
-    # -- what the runners and the sweeper ask --------------------------------------------------
-    def assigned(self, topic: str, tps: Iterable[TopicPartition]) -> None:
-        self.alignment.assigned(topic, tps)
-
-    def revoked(self, topic: str, tps: Iterable[TopicPartition]) -> None:
-        self.alignment.revoked(topic, tps)
-
-    def at_end(self, topic: str, tps: Iterable[TopicPartition]) -> None:
-        """These partitions were read to their end (the alignment stops waiting for them)."""
-        self.alignment.at_end(topic, tps)
-
-    def held(self, topic: str) -> int:
-        """Records of the topic the alignment holds back (they count for backpressure)."""
-        return self.alignment.held(topic)
-
-    def drop(self, tps: set[TopicPartition]) -> int:
-        """Forget work of these partitions not started yet (its records are handed back)."""
-        dropped = self.lanes.drop(lambda w: w.tp in tps) + self.alignment.drop(tps)
-        self._released -= sum(1 for w in dropped if w.released)
-        return len(dropped)
-
-    def busy(self, tps: set[TopicPartition]) -> int:
-        return sum(1 for w in self._active if w.tp in tps)
-
-    def abandon(self, tps: set[TopicPartition]) -> int:
-        """Work of these partitions still running goes on, but no longer completes an offset
-        (the partition has moved on); its outcome is still recorded when it ends."""
-        abandoned = [w for w in self._active if w.tp in tps]
-        for work in abandoned:
-            work.on_done = None
-        return len(abandoned)
-
-    def released_in_progress(self) -> int:
-        return self._released
-
     def waiting_to_send(self) -> int:
         """Records waiting in the batcher (the quota governor's demand)."""
         return self.uploads.batcher.waiting()
@@ -240,15 +131,6 @@ class Pipeline:
     def flush_soon(self) -> None:
         """Send what the batcher holds without waiting for its linger (a revocation drains)."""
         self.uploads.batcher.flush_soon()
-
-    async def wait_done(self, tps: set[TopicPartition], within_s: float) -> bool:
-        """Wait until no work of these partitions is running; False if it took too long."""
-        deadline = time.monotonic() + within_s
-        while self.busy(tps):
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.05)
-        return True
 
     # -- the loop ------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -262,10 +144,6 @@ class Pipeline:
                 await asyncio.sleep(0.5)
 
     async def _cycle(self) -> None:
-        now = time.monotonic()
-        for work in self.alignment.release(now):
-            self.lanes.push(work)
-        self.lanes.wake(now)
         if self._dead:
             dead, self._dead = self._dead, []
             self.spawn(
@@ -273,16 +151,13 @@ class Pipeline:
             )
         if self.recording:
             await self.recording.record()
-        room = self.concurrency - len(self._active)
-        batch = self.lanes.take(min(ROUND_MAX, room)) if room > 0 else []
+        batch = self.intake.take(min(ROUND_MAX, self.concurrency - self.intake.running()))
         if batch:
             await self._start(batch)
             await asyncio.sleep(0)
             return
         if not self.recording and not self._dead:
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            await self.intake.idle(TICK_S)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -290,12 +165,11 @@ class Pipeline:
         task.add_done_callback(self._tasks.discard)
 
     def wake(self) -> None:
-        self._wake.set()
+        self.intake.wake()
 
     # -- a round -------------------------------------------------------------------------------
     async def _start(self, batch: list[Work]) -> None:
-        self._active.update(batch)
-        ready = await self._parse(batch)
+        ready = await self.intake.parse(batch, self.retry, self._fail)
         if not ready:
             return
         # A replayed record is a dead letter coming back, and only the store can say what became
@@ -344,29 +218,6 @@ class Pipeline:
         wait = self._unsettled_wait
         return None if wait is None else datetime.now(UTC) - wait
 
-    async def _parse(self, batch: list[Work]) -> list[Work]:
-        """Parse what is not parsed yet; schema ids the codec has not seen are asked of the
-        registry off the loop (issue 16). A record whose parsing raised waits alone."""
-        fresh = [w for w in batch if w.event is None and w.poison is None and w.expired is None]
-        await resolve_schemas(self.codec, (w.source for w in fresh))
-        ready: list[Work] = []
-        for work in batch:
-            if work in fresh:
-                try:
-                    parsed = parse(self.codec, self.kinds, work.source)
-                except SchemaUnavailable as exc:
-                    self.retry(work, exc)
-                    continue
-                except Exception as exc:  # this record's fault, or a bug: it alone waits
-                    self._fail(work, exc)
-                    continue
-                if isinstance(parsed, tuple):
-                    work.poison = parsed
-                else:
-                    work.event = parsed
-            ready.append(work)
-        return ready
-
     def _act(self, work: Work, verdict: verdicts.Verdict, state: RoundState) -> None:
         claim = getattr(verdict, "claim", None)
         if claim is not None:
@@ -408,7 +259,7 @@ class Pipeline:
     def dead_letter(self, work: Work, error_class: ErrorClass, reason: str) -> None:
         work.order = work.order_state = None  # nothing of the order was sent
         self._dead.append(DeadLetter(work, work.source, error_class, reason, work.attempts + 1))
-        self._wake.set()
+        self.intake.wake()
 
     def _dead_lettered(self, item: DeadLetter[Work]) -> None:
         log.warning(
@@ -424,10 +275,7 @@ class Pipeline:
 
     def done(self, work: Work) -> None:
         """Recorded: its offset completes and its lane moves on."""
-        self._active.discard(work)
-        self.lanes.done(work)
-        if work.released:
-            self._released -= 1
+        self.intake.done(work)
         if work.on_done is not None:
             work.on_done(work)
 
@@ -469,19 +317,8 @@ class Pipeline:
         if work.claim is not None:
             self.recording.releases.add(work.claim, work.epoch)
         work.reset()
-        self._active.discard(work)
-        self.lanes.retry(work, time.monotonic() + delay)
+        self.intake.back(work, delay)
 
 
 def _count_failure(item: DeadLetter[Work]) -> None:
     DLQ_FAILURES.labels(topic=item.record.topic).inc()
-
-
-def _lane(source: SourceRecord, kinds: Mapping[str, EventKind]) -> str:
-    """The lane, from the record key (the entity id, DESIGN.md §2): one deal's status changes
-    and payments share a lane, and so do the records of one lead. A lead that opens a deal
-    meets that deal's events through the order's claim."""
-    if source.key is None:
-        return f"@{source.topic}:{source.partition}:{source.offset}"
-    key = source.key.decode("utf-8", "replace")
-    return f"lead:{key}" if kinds.get(source.topic) is EventKind.LEAD_CREATED else f"deal:{key}"

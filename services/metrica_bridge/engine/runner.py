@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from metrica_bridge.config import Settings
 from metrica_bridge.engine.commits import Committer
 from metrica_bridge.engine.consumer import ConsumerThread
+from metrica_bridge.engine.intake import Intake
 from metrica_bridge.engine.offsets import TopicPartition
-from metrica_bridge.engine.pipeline import Pipeline
 from metrica_bridge.engine.work import Work
 from metrica_bridge.kafka.record import SourceRecord
 from metrica_bridge.logs import get_logger
@@ -37,11 +37,13 @@ class TopicRunner:
         topic: str,
         group_id: str,
         kafka_config: Mapping[str, str],
-        pipeline: Pipeline,
+        intake: Intake,
+        flush_soon: Callable[[], None],
         settings: Settings,
     ) -> None:
         self.topic = topic
-        self.pipeline = pipeline
+        self.intake = intake
+        self._flush_soon = flush_soon  # send what the batcher holds now (a revocation drains)
         self.settings = settings
         self.commits = Committer(
             # Late-bound: the consumer thread exists only after start().
@@ -90,9 +92,9 @@ class TopicRunner:
         # Released parked events belong to no partition, so revocation did not drain them:
         # finish them within the same bound, or leave them parked (their lease lapses).
         released = {(self.topic, -1)}
-        self.pipeline.drop(released)
-        if not await self.pipeline.wait_done(released, self._drain_left()):
-            self.pipeline.abandon(released)
+        self.intake.drop(released)
+        if not await self.intake.wait_done(released, self._drain_left()):
+            self.intake.abandon(released)
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -112,8 +114,8 @@ class TopicRunner:
         # Records of partitions revoked while the batch was on its way are left out.
         kept = [r for r in records if (r.topic, r.partition) in assigned]
         commits.track((r.topic, r.partition, r.offset) for r in kept)  # all or nothing
-        self.pipeline.consume(kept, self._complete)
-        self.pipeline.at_end(self.topic, (tp for tp in at_end if tp in assigned))
+        self.intake.consume(kept, self._complete)
+        self.intake.at_end(self.topic, (tp for tp in at_end if tp in assigned))
         self._consumed.inc(len(records))
         self._in_flight.set(commits.in_flight())
         if not self._paused and self._too_much():
@@ -126,20 +128,20 @@ class TopicRunner:
     # -- group membership ----------------------------------------------------------------------
     async def _on_assign(self, tps: list[TopicPartition]) -> None:
         self.assigned.update(tps)
-        self.pipeline.assigned(self.topic, tps)
+        self.intake.assigned(self.topic, tps)
         PARTITIONS_ASSIGNED.labels(topic=self.topic).set(len(self.assigned))
 
     async def _on_revoke(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         revoked = set(tps)
-        self.pipeline.revoked(self.topic, tps)
-        self.pipeline.drop(revoked)
-        if self.pipeline.busy(revoked):
-            self.pipeline.flush_soon()
+        self.intake.revoked(self.topic, tps)
+        self.intake.drop(revoked)
+        if self.intake.busy(revoked):
+            self._flush_soon()
             timeout = self._drain_left() if self._stopping else self.settings.shutdown_timeout_s
-            if not await self.pipeline.wait_done(revoked, timeout):
+            if not await self.intake.wait_done(revoked, timeout):
                 # Abandoned: uncommitted, so the next owner handles it (and finds its outcome
                 # in the ledger, if it is recorded meanwhile).
-                count = self.pipeline.abandon(revoked)
+                count = self.intake.abandon(revoked)
                 log.warning("abandoned in-flight events on revocation", count=count)
         offsets = self.commits.revoke(revoked)  # the consumer thread commits them
         for topic, partition in tps:
@@ -155,7 +157,7 @@ class TopicRunner:
         """In flight beyond the limit, or too far ahead of the topics upstream: records held for
         them are only memory (a quarter of the limit is plenty to keep the engine busy)."""
         limit = self.settings.max_in_flight_events * share
-        held = self.pipeline.held(self.topic)
+        held = self.intake.held(self.topic)
         return self.commits.uncommittable() >= limit or held >= max(1.0, limit / 4)
 
     def _export_oldest(self) -> None:

@@ -187,38 +187,18 @@ class Sender:
         events = [event_id for p in records for event_id in p.event_ids]
         if endpoint is Endpoint.ORDERS:
             events += [order_intent_key(p.record_id) for p in records]
-        intents: list[str] = []
-
-        async def before_send() -> None:
-            # Again after a daily-quota refusal: that attempt reached nothing.
-            if intents:
-                await self._finish_upload(intents[-1], None)
-            intent = UploadIntent(
-                uuid.uuid4().hex, self._owner, endpoint.value, len(records), datetime.now(UTC)
-            )
-            await asyncio.to_thread(self._store.begin_upload, intent, events)
-            intents.append(intent.intent_id)
-
-        async def on_unclear() -> None:
-            # This attempt may have been applied under an id nobody will record: the intent
-            # stays a claimant of uploads in its reach even once resolved (steps/reconcile.py).
-            try:
-                await asyncio.to_thread(self._store.doubt_upload, intents[-1])
-            except StoreError as exc:
-                log.warning("marking an upload in doubt failed", error=str(exc))
-
+        intents = _Intents(self._store, self._owner, endpoint, len(records), events)
         try:
             result = await self._client.upload_encoded(
                 endpoint.value,
                 [p.encoded for p in records],
                 paced=paced,
-                before_send=before_send,
-                on_unclear=on_unclear,
+                before_send=intents.before_send,
+                on_unclear=intents.on_unclear,
             )
         except MetricaError as exc:
             # Refused, or given up: either way Metrica holds none of it.
-            if intents:
-                await self._finish_upload(intents[-1], None)
+            await intents.finish(None)
             if isinstance(exc, SetupError):
                 raise
             if isinstance(exc, PermanentError):
@@ -232,7 +212,7 @@ class Sender:
         # place; past that the intent stays open and the events are settled all the same:
         # the ledger, written next, is what says they were delivered.
         try:
-            await self._finish_upload(intents[-1], result.uploading_id)
+            await intents.finish(result.uploading_id)
         except StoreError as exc:
             log.error(
                 "upload accepted but its intent could not be resolved; settling it anyway",
@@ -247,17 +227,6 @@ class Sender:
         for pending in records:
             pending.result = ack
         return None
-
-    async def _finish_upload(self, intent_id: str, uploading_id: str | None) -> None:
-        """``Store.finish_upload``, retried in place on store errors (bounded, with backoff)."""
-        for delay in FINISH_RETRY_S:
-            try:
-                await asyncio.to_thread(self._store.finish_upload, intent_id, uploading_id)
-                return
-            except StoreError as exc:
-                log.warning("resolving an upload intent failed; retrying", error=str(exc))
-                await asyncio.sleep(delay)
-        await asyncio.to_thread(self._store.finish_upload, intent_id, uploading_id)
 
     # -- isolating refused records -------------------------------------------------------------
     async def _probe(
@@ -360,3 +329,52 @@ def _split(records: list[Pending], limits: RequestLimits) -> list[list[Pending]]
         half = len(records) // 2
         parts = [records[:half], records[half:]]
     return parts
+
+
+class _Intents:
+    """The upload intents of one upload's attempts: one per request that leaves, written right
+    before it leaves, so a crash in between is recognised on recovery (steps/reconcile.py)."""
+
+    def __init__(
+        self, store: Store, owner: str, endpoint: Endpoint, records: int, events: list[str]
+    ) -> None:
+        self._store = store
+        self._owner = owner
+        self._endpoint = endpoint
+        self._records = records
+        self._events = events
+        self._last: str | None = None
+
+    async def before_send(self) -> None:
+        # Again after a daily-quota refusal: that attempt reached nothing.
+        await self.finish(None)
+        intent = UploadIntent(
+            uuid.uuid4().hex, self._owner, self._endpoint.value, self._records, datetime.now(UTC)
+        )
+        await asyncio.to_thread(self._store.begin_upload, intent, self._events)
+        self._last = intent.intent_id
+
+    async def on_unclear(self) -> None:
+        # This attempt may have been applied under an id nobody will record: the intent stays
+        # a claimant of uploads in its reach even once resolved (steps/reconcile.py).
+        if self._last is None:
+            return
+        try:
+            await asyncio.to_thread(self._store.doubt_upload, self._last)
+        except StoreError as exc:
+            log.warning("marking an upload in doubt failed", error=str(exc))
+
+    async def finish(self, uploading_id: str | None) -> None:
+        """The last attempt's intent resolved (``None``: Metrica holds none of it); retried in
+        place on store errors (bounded, with backoff)."""
+        intent_id, self._last = self._last, None
+        if intent_id is None:
+            return
+        for delay in FINISH_RETRY_S:
+            try:
+                await asyncio.to_thread(self._store.finish_upload, intent_id, uploading_id)
+                return
+            except StoreError as exc:
+                log.warning("resolving an upload intent failed; retrying", error=str(exc))
+                await asyncio.sleep(delay)
+        await asyncio.to_thread(self._store.finish_upload, intent_id, uploading_id)
