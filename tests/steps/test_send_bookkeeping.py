@@ -4,6 +4,7 @@ sent again). The bookkeeping is retried in place, then the batch is settled."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from typing import Any
@@ -93,11 +94,19 @@ async def test_an_order_upload_is_recorded_under_each_order_too(
         "create_date_time": "2026-06-01 10:00:00",
     }
     order = Pending("D1", record, encode(record), time.monotonic(), [], ["s1"])
-    await sender(Endpoint.ORDERS, [order])
-    assert isinstance(order.result, Ack)
-    intents = store.inflight(["s1", order_intent_key("D1")])
+    sandbox.set_faults(latency_ms=1_000)  # the upload stays unsettled while we look
+    sending = asyncio.create_task(sender(Endpoint.ORDERS, [order]))
+    keys = ["s1", order_intent_key("D1")]
+    for _ in range(250):  # the intent is written right before the request leaves
+        if len(intents := store.inflight(keys)) == 2:
+            break
+        await asyncio.sleep(0.02)
     assert intents["s1"] == intents[order_intent_key("D1")]
     assert intents["s1"].endpoint == "orders"
+    await sending
+    assert isinstance(order.result, Ack)
+    # Settled: the order's key is no longer an open question; the event keeps its intent.
+    assert set(store.inflight(keys)) == {"s1"}
 
 
 async def test_an_attempt_answered_503_after_it_applied_leaves_the_intent_in_doubt(

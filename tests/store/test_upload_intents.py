@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from metrica_bridge.store import Changes, Store
-from metrica_bridge.store.base import UploadIntent
+from metrica_bridge.store.base import UploadIntent, order_intent_key
 from tests.store.builders import entry
 
 
@@ -33,6 +33,18 @@ def test_a_later_intent_replaces_the_earlier_one_for_an_event(store: Store) -> N
     store.begin_upload(_intent("i2", now + timedelta(seconds=1), records=1), ["e1"])
     assert store.inflight(["e1"])["e1"].intent_id == "i2"
     assert not store.inflight(["e1"])["e1"].resolved
+
+
+def test_an_order_s_key_is_answered_only_while_its_upload_is_unsettled(store: Store) -> None:
+    """Events keep their settled intents (a crash between settling and recording is
+    recognised by them); an order's key is asked only for an upload nobody settled."""
+    now = datetime.now(UTC)
+    store.begin_upload(_intent("i1", now), ["e1", order_intent_key("D1")])
+    store.begin_upload(_intent("i2", now), ["e2", order_intent_key("D2")])
+    store.finish_upload("i1", "u-1")
+    found = store.inflight(["e1", "e2", order_intent_key("D1"), order_intent_key("D2")])
+    assert set(found) == {"e1", "e2", order_intent_key("D2")}
+    assert found[order_intent_key("D2")].intent_id == "i2"
 
 
 def test_recording_an_outcome_forgets_the_intent(store: Store) -> None:

@@ -311,7 +311,10 @@ class Store(Protocol):
         ...
 
     def inflight(self, event_ids: Iterable[str]) -> dict[str, UploadIntent]:
-        """The latest intent that carried each of these events, when it has one."""
+        """The latest intent that carried each of these events, when it has one. An order's
+        key (:func:`order_intent_key`) is answered only while its intent is unresolved: a
+        settled upload of an order tells a later event nothing its stored state lacks, and
+        most orders have one (decoding them cost every round a row per claimed order)."""
         ...
 
     def known_uploads(self, since: datetime) -> set[str]:

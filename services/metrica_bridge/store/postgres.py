@@ -21,6 +21,7 @@ import psycopg_pool
 from psycopg import Connection
 
 from metrica_bridge.store.base import (
+    ORDER_INTENT_PREFIX,
     Changes,
     ClaimLost,
     Claims,
@@ -456,8 +457,8 @@ class PostgresStore:
             rows = conn.execute(
                 f"SELECT f.event_id, {listed(INTENT, 'i')} FROM inflight_events f"
                 " JOIN upload_intents i ON i.intent_id = f.intent_id"
-                " WHERE f.event_id = ANY(%s::text[])",
-                (keys,),
+                " WHERE f.event_id = ANY(%s::text[]) AND (NOT i.resolved OR f.event_id NOT LIKE %s)",
+                (keys, ORDER_INTENT_PREFIX + "%"),
             ).fetchall()
         return {row[0]: upload_intent(row[1:], _CONVERT) for row in rows}
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from metrica_bridge.store.base import (
+    ORDER_INTENT_PREFIX,
     Changes,
     ClaimLost,
     Claims,
@@ -497,11 +498,12 @@ class SqliteStore:
         sql = (
             f"SELECT f.event_id, {listed(INTENT, 'i')} FROM inflight_events f"
             " JOIN upload_intents i ON i.intent_id = f.intent_id WHERE f.event_id IN ({marks})"
+            " AND (i.resolved = 0 OR f.event_id NOT LIKE ?)"
         )
+        open_orders = (ORDER_INTENT_PREFIX + "%",)
         with self._read("inflight") as conn:
-            return {
-                row[0]: upload_intent(row[1:], _CONVERT) for row in self._select_in(conn, sql, keys)
-            }
+            rows = self._select_in(conn, sql, keys, open_orders)
+            return {row[0]: upload_intent(row[1:], _CONVERT) for row in rows}
 
     def known_uploads(self, since: datetime) -> set[str]:
         with self._read("known_uploads") as conn:
