@@ -33,7 +33,10 @@ from tests.support.stack import COUNTER, STATUS_MAP, TOKEN, ServiceProcess, serv
 
 EVENTS = 800
 PARTITIONS = 3
-BUDGET = 5_000
+# Not a real day's 5,000: the service paces requests over what is left of the GMT day, so this
+# run's length would depend on the hour CI starts it (about 12 s a request at 06:00). The gauge
+# is checked against whatever budget is set.
+BUDGET = 1_000_000
 FINAL = [o.value for o in Outcome if o is not Outcome.PARKED]
 CODEC = Codec.from_dir(PROJECT_ROOT / "schemas")
 
