@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/metrica-bridge demo
 
+# Two workers: most of the suite waits on brokers, service processes and leases, not on the CPU
+# (docs/decisions.md, "The suite runs on two workers").
+TEST_WORKERS ?= 2
+
 test: install lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check services tests

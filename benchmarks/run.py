@@ -6,6 +6,9 @@ its own process (``metrica-bridge run``, configured by environment variables lik
 
 Scenarios (``--only`` picks some; the default runs all, in this order):
 
+* ``engine``   — the engine's CPU per event in a process of its own, without broker or HTTP
+  (:mod:`benchmarks.engine_cpu`), three runs: the number that tells a code change from the host's
+  noise, which moves end-to-end throughput by 10-15 % between runs minutes apart;
 * ``ceiling``  — raw confluent-kafka consumption of the backlog, then the same plus Avro decoding
   with our :class:`~metrica_bridge.codec.Codec`: the most any consumer of these topics could do;
 * ``sqlite`` / ``postgres`` — the service on the same backlog (produced before it starts), from
@@ -70,6 +73,7 @@ from metrica_bridge.simulate import SimulatedMessage, SimulationConfig, generate
 from metrica_bridge.simulate.model import _Generator
 
 SCENARIOS = (
+    "engine",
     "ceiling",
     "sqlite",
     "postgres",
@@ -127,6 +131,7 @@ class Sizes:
     quota_day_s: int  # the compressed quota day's target length (N is picked near it)
     quota_day_budget: int
     quota_day_events: int
+    engine: int  # events of each engine CPU run
 
 
 # -- the quota-day scenario ----------------------------------------------------------------
@@ -143,10 +148,23 @@ QUOTA_DAY_TROUGH_HOUR, QUOTA_DAY_PEAK_HOUR = 4, 16
 QUOTA_DAY_LEAD_S = (15.0, 30.0)  # start the service this long before the day begins
 REAL_DAY_S, REAL_DAILY_BUDGET = 86_400, 5_000
 
-FULL = Sizes(200_000, 2_000, 1_000, 60, 100_000, 1_000_000, 100_000, 600, QUOTA_DAY_BUDGET, 60_000)
-QUICK = Sizes(
-    20_000, 200, 1_000, 15, 20_000, 100_000, 10_000, 120, QUOTA_DAY_BUDGET * 120 // 600, 12_000
+FULL = Sizes(
+    200_000, 2_000, 1_000, 60, 100_000, 1_000_000, 100_000, 600, QUOTA_DAY_BUDGET, 60_000, 60_000
 )
+QUICK = Sizes(
+    20_000,
+    200,
+    1_000,
+    15,
+    20_000,
+    100_000,
+    10_000,
+    120,
+    QUOTA_DAY_BUDGET * 120 // 600,
+    12_000,
+    20_000,
+)
+ENGINE_RUNS = 3
 
 
 def log(message: str) -> None:
@@ -1422,6 +1440,23 @@ def _frame(frame: str) -> str:
     return f"{name} ({short})"
 
 
+def engine_cpu(events: int) -> dict[str, Any]:
+    """:mod:`benchmarks.engine_cpu`, ``ENGINE_RUNS`` times, each in a fresh process."""
+    runs = []
+    for n in range(ENGINE_RUNS):
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.engine_cpu", str(events)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        log(f"engine run {n + 1}: {runs[-1]['cpu_per_event_us']} µs CPU per event")
+    per_event = sorted(r["cpu_per_event_us"] for r in runs)
+    return {"runs": runs, "median_cpu_per_event_us": per_event[len(per_event) // 2]}
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -1483,6 +1518,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"work dir {workdir}; results → {out}")
     try:
+        if "engine" in wanted:
+            results["engine"] = engine_cpu(sizes.engine)
+            save()
         with Bench(sizes, workdir) as bench:
             if {"ceiling", *BACKLOG_RUNS} & set(wanted):
                 names = bench.topics("backlog")
