@@ -2,14 +2,15 @@
 
 This module schedules; each step lives in its own module. Records wait in the intake
 (:mod:`~metrica_bridge.engine.intake`: one lane per deal or lead). A round takes every lane head
-that is free to start, parses them (:mod:`~metrica_bridge.steps.parse`), asks the dedupe cache (:mod:`~metrica_bridge.steps.dedupe`),
-reads what the round needs from the store in one worker-thread hop, merging the round's
-identities and claiming its orders (:mod:`~metrica_bridge.engine.round_read`), decides each
-event without I/O (:mod:`~metrica_bridge.engine.decide`) and acts on the verdict: the contact and
-the order go to Metrica (:mod:`~metrica_bridge.engine.uploads`), an event waits in the park, or
-goes to the DLQ (:mod:`~metrica_bridge.steps.dlq`). Finished events are recorded together in ONE
-store transaction (:mod:`~metrica_bridge.engine.recording`), and only then are their offsets
-completed and their lanes moved on.
+that is free to start, parses them (:mod:`~metrica_bridge.steps.parse`), asks the dedupe cache
+(:mod:`~metrica_bridge.steps.dedupe`), reads what the round needs from the store in one
+worker-thread hop, merging the round's identities and claiming its orders
+(:mod:`~metrica_bridge.engine.round_read`), decides each event without I/O
+(:mod:`~metrica_bridge.engine.decide`) and acts on the verdict: the contact and the order go to
+Metrica (:mod:`~metrica_bridge.engine.uploads`), an event waits in the park, or goes to the DLQ
+(:mod:`~metrica_bridge.steps.dlq`). Finished events are recorded together in ONE store transaction
+(:mod:`~metrica_bridge.engine.recording`), and only then are their offsets completed and their lanes
+moved on.
 
 Every event ends with exactly one recorded outcome (delivered, skipped, stale, duplicate,
 parked, dead-lettered). Infrastructure failures (the store or the broker unreachable) never
